@@ -30,6 +30,9 @@ Array = jax.Array
 
 # CLIP's LayerNorm eps is PyTorch's default (1e-5), not Flax's (1e-6).
 LN_EPS = 1e-5
+# Pixel normalisation every CLIP release was trained with (RGB, on [0, 1] images).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def quick_gelu(x: Array) -> Array:

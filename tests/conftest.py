@@ -1,0 +1,19 @@
+"""Shared pytest fixtures. Real sample data lives outside the repo, in ../shared/realdata."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests run on CPU with deterministic, full-precision matmuls (parity tolerances assume it).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+  """The shared real-sample folder; tests that need it skip cleanly where it is absent."""
+  if not REALDATA.is_dir():
+    pytest.skip(f"real sample data not found at {REALDATA}")
+  return REALDATA
