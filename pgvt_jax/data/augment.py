@@ -1,0 +1,161 @@
+"""Spatial transforms applied identically to frames and keypoints.
+
+Coordinate conventions (one place, used by every function here):
+  * A crop `Box` is (x0, y0, w, h) in the stored frame's pixel-EDGE
+    coordinates: pixel (col, row) covers [col, col+1) x [row, row+1).
+  * Record keypoints (x, y) name the pixel they lie in (pixel centres at
+    integers, as in COCO/mmaction2), i.e. edge coordinate x + 1/2.
+  * Output keypoints are normalised to the crop: u = (x + 1/2 - x0) / w in
+    [0, 1); output pixel column = floor(u * S). Flip maps u -> 1 - u, which
+    is exactly what mirroring the S columns does to pixel centres.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[float, float, float, float]  # x0, y0, w, h (pixel edges)
+
+# OpenAI CLIP's preprocessing statistics (RGB, on [0, 1] pixels).
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
+                            area: Sequence[float], aspect: Sequence[float],
+                            attempts: int = 10) -> Box:
+  """Inception-style crop box (torchvision `RandomResizedCrop.get_params`).
+
+  Area fraction ~ U(area), aspect w/h log-uniform in `aspect`; after
+  `attempts` misses, the largest centred box with a clamped aspect.
+  """
+  frame_area = height * width
+  log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+  for _ in range(attempts):
+    target = frame_area * rng.uniform(area[0], area[1])
+    ratio = math.exp(rng.uniform(log_lo, log_hi))
+    w = math.sqrt(target * ratio)
+    h = math.sqrt(target / ratio)
+    if 0 < w <= width and 0 < h <= height:
+      x0 = rng.uniform(0, width - w)
+      y0 = rng.uniform(0, height - h)
+      return (x0, y0, w, h)
+  ratio = width / height
+  if ratio < aspect[0]:
+    w, h = width, width / aspect[0]
+  elif ratio > aspect[1]:
+    w, h = height * aspect[1], height
+  else:
+    w, h = width, height
+  return ((width - w) / 2, (height - h) / 2, w, h)
+
+
+def eval_crop_boxes(height: int, width: int, short_side: int, size: int,
+                    num_crops: int) -> list[Box]:
+  """Test-time boxes: resize short side to `short_side`, crop size x size.
+
+  num_crops = 1: the centre crop; 3: mmaction2's ThreeCrop (start, centre,
+  end of the long side). Returned in stored-frame coordinates.
+  """
+  side = size * min(height, width) / short_side  # crop side before resizing
+  def box_at(frac):  # frac in {0, 1/2, 1} along the long side
+    if width >= height:
+      return ((width - side) * frac, (height - side) / 2, side, side)
+    return ((width - side) / 2, (height - side) * frac, side, side)
+  if num_crops == 1:
+    return [box_at(0.5)]
+  if num_crops == 3:
+    return [box_at(0.0), box_at(0.5), box_at(1.0)]
+  raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+
+
+def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
+  """(size, size, 3) uint8: the box resampled bilinearly (antialiased)."""
+  x0, y0, w, h = box
+  out = image.convert("RGB").resize((size, size), Image.BILINEAR,
+                                    box=(x0, y0, x0 + w, y0 + h))
+  return np.asarray(out)
+
+
+def normalize_frames(frames: np.ndarray) -> np.ndarray:
+  """uint8 (..., 3) -> float32 (x / 255 - CLIP_MEAN) / CLIP_STD."""
+  scale = 1.0 / (255.0 * CLIP_STD)
+  return frames.astype(np.float32) * scale - CLIP_MEAN / CLIP_STD
+
+
+def select_persons(score: np.ndarray, max_persons: int) -> np.ndarray:
+  """Indices of the `max_persons` persons with the highest mean score.
+
+  Args:
+    score: (T, M, V) keypoint scores of the whole record (M may be 0).
+  Returns:
+    (max_persons,) int, best first; -1 pads when M < max_persons.
+  """
+  mean = score.mean(axis=(0, 2)) if score.shape[1] else np.zeros(0)
+  order = np.argsort(-mean, kind="stable")[:max_persons]
+  return np.concatenate([order, -np.ones(max_persons - len(order), int)])
+
+
+def transform_keypoints(keypoints: np.ndarray, score: np.ndarray,
+                        persons: np.ndarray, box: Box, flip: bool,
+                        flip_permutation: np.ndarray,
+                        score_threshold: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Maps record keypoints into the (possibly flipped) crop.
+
+  Args:
+    keypoints: (T, M, V, 2) stored-frame pixels; score: (T, M, V).
+    persons: (P,) person indices from `select_persons` (-1 = absent).
+    box, flip: the crop and flip applied to the frames.
+    flip_permutation: (V,) mirror partner of each joint (skeletons.py).
+    score_threshold: joints with score <= this are masked.
+
+  Returns:
+    pose (T, P*V, 2) float32 in [0, 1) (person-major; masked joints 0) and
+    mask (T, P*V) float32 in {0, 1}: 0 if absent, low-score or out of crop.
+  """
+  t, _, v, _ = keypoints.shape
+  p = len(persons)
+  kp = np.zeros((t, p, v, 2), np.float32)
+  sc = np.zeros((t, p, v), np.float32)
+  present = persons >= 0
+  kp[:, present] = keypoints[:, persons[present]]
+  sc[:, present] = score[:, persons[present]]
+  x0, y0, w, h = box
+  u = (kp[..., 0] + 0.5 - x0) / w
+  y = (kp[..., 1] + 0.5 - y0) / h
+  mask = (sc > score_threshold) & (u >= 0) & (u < 1) & (y >= 0) & (y < 1)
+  mask &= np.isfinite(u) & np.isfinite(y)
+  if flip:
+    # The mirrored image shows the left wrist where the right one was: swap
+    # joint labels as well as mirroring x.
+    u, y, mask = (1.0 - u)[..., flip_permutation], y[..., flip_permutation], \
+        mask[..., flip_permutation]
+  pose = np.stack([u, y], axis=-1) * mask[..., None]
+  return (pose.reshape(t, p * v, 2).astype(np.float32),
+          mask.reshape(t, p * v).astype(np.float32))
+
+
+def gaussian_heatmaps(pose: np.ndarray, mask: np.ndarray, size: int,
+                      sigma: float) -> np.ndarray:
+  """PoseC3D-style pseudo-heatmaps, one Gaussian channel per joint.
+
+  H[t, y, x, j] = mask[t, j] * exp(-((x - cx)^2 + (y - cy)^2) / (2 sigma^2))
+  with (cx, cy) = pose[t, j] * size - 1/2 in heatmap pixel-centre units, so
+  the peak is at pixel floor(pose * size). Separable, so cheap.
+
+  Args:
+    pose: (T, J, 2) crop-normalised keypoints; mask: (T, J).
+  Returns:
+    (T, size, size, J) float32 in [0, 1].
+  """
+  grid = np.arange(size, dtype=np.float32)
+  c = pose * size - 0.5                                       # (T, J, 2)
+  gx = np.exp(-(grid - c[..., 0:1]) ** 2 / (2 * sigma**2))    # (T, J, W)
+  gy = np.exp(-(grid - c[..., 1:2]) ** 2 / (2 * sigma**2))    # (T, J, H)
+  gx *= mask[..., None]
+  return np.einsum("tjy,tjx->tyxj", gy, gx).astype(np.float32)

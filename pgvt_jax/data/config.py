@@ -1,0 +1,126 @@
+"""The input pipeline's configuration (`config.data`) and its validation.
+
+Experiment configs start from `get_config()` and override fields:
+
+  config.data = pgvt_jax.data.get_config()
+  config.data.builder_dir = "/data/tfds/diving48/v2/1.0.0"
+  config.data.num_frames, config.data.pose_frames = 16, 48
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+POSE_FORMATS = ("coords", "heatmap")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults: the PGVT/AIM fine-grained recipe (16 + 48 frames at 224 px)."""
+  c = ml_collections.ConfigDict()
+
+  # Where the records are. `builder_dir` (a prepared TFDS dataset directory,
+  # e.g. <data_dir>/diving48/v2/1.0.0) wins over `name` + `data_dir`
+  # (`tfds.data_source(name, data_dir=...)`, name like "diving48/v2").
+  c.builder_dir = ""
+  c.name = ""
+  c.data_dir = ""
+  c.train_split = "train"
+  c.eval_split = "test"
+  # Joint layout (pgvt_jax.skeletons name). "" = read it from the dataset's
+  # metadata (key "skeleton").
+  c.skeleton = ""
+
+  # Temporal sampling: T_l video frames by segment sampling and T_h = k * T_l
+  # pose frames, k per video segment, spanning the same time (see sampling.py).
+  c.num_frames = 16        # T_l
+  c.pose_frames = 48       # T_h, a multiple of num_frames
+
+  # Spatial: train = random resized crop of the stored frames (AIM: area
+  # 0.08-1, aspect 3/4-4/3) + flip; eval = resize short side to `short_side`,
+  # then `eval_crops` crops of image_size (1 = centre, 3 = both ends + centre).
+  c.image_size = 224       # S
+  c.short_side = 224       # eval resize of the short side before cropping
+  c.crop_area = (0.08, 1.0)
+  c.crop_aspect = (3 / 4, 4 / 3)
+  c.flip = True            # horizontal flip with p=0.5, swaps left/right joints
+
+  # Pose: up to max_persons persons by mean score, J = V * max_persons joints,
+  # person-major. Joints with score <= score_threshold are masked.
+  c.max_persons = 1
+  c.num_joints = 0         # if > 0: asserted == V * max_persons (model's J)
+  c.score_threshold = 0.1
+  c.pose_format = "coords"  # "coords" | "heatmap" (adds batch["pose_heatmap"])
+  c.heatmap_size = 112     # Hh
+  c.heatmap_sigma = 1.2    # Gaussian std in heatmap pixels (PoseC3D: 0.6 @ 56)
+
+  # Test-time views per video = eval_clips x eval_crops
+  # (AIM: Diving48 1 clip x 3 crops, K400 3 clips x 1 crop).
+  c.eval_clips = 1
+  c.eval_crops = 3
+
+  # Batches: GLOBAL sizes; each host produces global // process_count rows.
+  c.train_batch_size = 64
+  c.eval_batch_size = 64
+  c.seed = 0
+
+  # Host-side parallelism. num_workers > 0 uses grain's multiprocessing
+  # (separate processes, no GIL contention); num_threads is the number of
+  # threads per process that decode and augment; prefetch is the number of
+  # batches buffered per process. num_workers = 0 runs in this process.
+  c.num_workers = 0
+  c.num_threads = 2
+  c.prefetch = 2
+  return c
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the offending `config.data` field."""
+  def fail(field, msg):
+    raise ValueError(f"config.data.{field}: {msg}")
+
+  for f in ("num_frames", "pose_frames", "image_size", "short_side",
+            "max_persons", "train_batch_size", "eval_batch_size",
+            "eval_clips", "eval_crops", "heatmap_size"):
+    if int(cfg[f]) <= 0:
+      fail(f, f"must be a positive integer, got {cfg[f]!r}")
+  if cfg.pose_frames % cfg.num_frames:
+    fail("pose_frames", f"T_h={cfg.pose_frames} must be a multiple of "
+         f"num_frames T_l={cfg.num_frames} (k pose frames per video segment)")
+  if cfg.pose_format not in POSE_FORMATS:
+    fail("pose_format", f"{cfg.pose_format!r} is not one of {POSE_FORMATS}")
+  if cfg.eval_crops not in (1, 3):
+    fail("eval_crops", f"must be 1 (centre) or 3, got {cfg.eval_crops}")
+  if cfg.short_side < cfg.image_size:
+    fail("short_side", f"{cfg.short_side} is smaller than image_size "
+         f"{cfg.image_size}: the eval crop would not fit")
+  lo, hi = cfg.crop_area
+  if not 0 < lo <= hi <= 1:
+    fail("crop_area", f"need 0 < min <= max <= 1, got {tuple(cfg.crop_area)}")
+  lo, hi = cfg.crop_aspect
+  if not 0 < lo <= hi:
+    fail("crop_aspect", f"need 0 < min <= max, got {tuple(cfg.crop_aspect)}")
+  if cfg.heatmap_sigma <= 0:
+    fail("heatmap_sigma", f"must be > 0, got {cfg.heatmap_sigma}")
+  if cfg.num_workers < 0 or cfg.num_threads < 0 or cfg.prefetch < 0:
+    fail("num_workers", "num_workers, num_threads, prefetch must be >= 0")
+
+
+def check_num_joints(cfg: ml_collections.ConfigDict, num_joints: int,
+                     layout: str) -> int:
+  """Returns J = V * max_persons; raises if config.data.num_joints disagrees."""
+  j = num_joints * cfg.max_persons
+  if cfg.num_joints and cfg.num_joints != j:
+    raise ValueError(
+        f"config.data.num_joints={cfg.num_joints} but layout {layout!r} has "
+        f"V={num_joints} joints x max_persons={cfg.max_persons} = {j}")
+  return j
+
+
+def per_host_batch_size(global_batch_size: int, process_count: int,
+                        field: str) -> int:
+  """global // process_count, asserting it divides (big_vision convention)."""
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"config.data.{field}={global_batch_size} is not divisible by the "
+        f"number of processes ({process_count})")
+  return global_batch_size // process_count

@@ -1,0 +1,212 @@
+"""grain pipelines: records -> per-host batches (train: infinite, eval: one pass).
+
+  records --MapDataset.source--> [host shard] --seed/shuffle/repeat-->
+  random_map(ClipProcessor.train) --batch--> to_iter_dataset (threads)
+  --> mp_prefetch (processes, optional) --> DatasetIterator
+
+Everything before `to_iter_dataset` is a MapDataset, so batch b is a pure
+function of (seed, b): the same batches come out for any number of threads or
+worker processes, and the iterator state (get_state/set_state, or orbax
+`grain.checkpoint.CheckpointSave/Restore`) is just a position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from pgvt_jax.data import config as config_lib
+from pgvt_jax.data import processing
+from pgvt_jax.data import sources
+
+
+def _process(process_index, process_count):
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return process_index, process_count
+
+
+def _host_seed(seed: int, process_index: int) -> int:
+  """Hosts see different records, and draw different augmentations."""
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+class _TrainMap(grain.transforms.RandomMap):
+  """Record index -> augmented training example."""
+
+  def __init__(self, processor: processing.ClipProcessor, records):
+    self.processor = processor
+    self.records = records
+
+  def random_map(self, index: int, rng: np.random.Generator):
+    index = int(index)
+    return self.processor.train(self.records[index], index, rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostRow(grain.transforms.Map):
+  """k-th eval row of host p -> global row (its slice of each batch)."""
+  per_host: int
+  global_batch: int
+  process_index: int
+
+  def map(self, k: int) -> int:
+    b, j = divmod(int(k), self.per_host)
+    return b * self.global_batch + self.process_index * self.per_host + j
+
+
+class _EvalRow(grain.transforms.Map):
+  """Global row r -> view (r % V) of video (r // V), or padding past the end."""
+
+  def __init__(self, processor, records, num_rows: int):
+    self.processor = processor
+    self.records = records
+    self.num_rows = num_rows
+
+  def map(self, row: int):
+    if row >= self.num_rows:
+      return self.processor.padding()
+    video, view = divmod(int(row), self.processor.num_views)
+    return self.processor.view(self.records[video], video, view)
+
+
+def _finish(ds: grain.MapDataset, cfg) -> grain.IterDataset:
+  """Threads within this process, then optionally worker processes."""
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
+  if cfg.num_workers > 0:
+    # grain's workers read its absl flags; outside an absl app (tests,
+    # notebooks) nothing has parsed them, so take the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=cfg.num_workers,
+        per_worker_buffer_size=max(cfg.prefetch, 1)))
+  return it
+
+
+def _prepare(cfg, source, split):
+  config_lib.validate(cfg)
+  if source is None:
+    source = sources.open_source(cfg, split)
+  config_lib.check_num_joints(cfg, source.skeleton.num_joints,
+                              source.skeleton.name)
+  if len(source) == 0:
+    raise ValueError(f"split {split!r} has no records")
+  return source, processing.ClipProcessor(cfg, source.skeleton)
+
+
+def train_dataset(cfg: ml_collections.ConfigDict,
+                  source: sources.Source | None = None, *,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """Infinite training batches for this host (see `make_train_iterator`)."""
+  source, processor = _prepare(cfg, source, cfg.train_split)
+  pi, pc = _process(process_index, process_count)
+  batch = config_lib.per_host_batch_size(cfg.train_batch_size, pc,
+                                         "train_batch_size")
+  if len(source) < pc:
+    raise ValueError(f"{len(source)} training records cannot be shared by "
+                     f"{pc} processes")
+  # Indices, not records, are shuffled: the record is read (and its frames
+  # decoded) only inside the map, in the prefetch threads/workers.
+  ds = grain.MapDataset.range(len(source))
+  ds = ds[pi::pc]  # this host's records: disjoint, together all of them
+  ds = ds.seed(_host_seed(cfg.seed, pi)).shuffle().repeat(None)
+  # Draws depend only on (seed, position in the repeated sequence).
+  ds = ds.random_map(_TrainMap(processor, source.records))
+  ds = ds.batch(batch, drop_remainder=True)
+  return _finish(ds, cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalInfo:
+  """Shape of one evaluation pass.
+
+  num_rows = num_videos * num_views real rows; num_batches global batches of
+  config.data.eval_batch_size, the last padded with valid=False rows.
+  """
+  num_videos: int
+  num_views: int
+  num_rows: int
+  num_batches: int
+
+
+def eval_dataset(cfg: ml_collections.ConfigDict,
+                 source: sources.Source | None = None, *,
+                 process_index: int | None = None,
+                 process_count: int | None = None
+                 ) -> tuple[grain.IterDataset, EvalInfo]:
+  """One pass over every (video, view) row, identically sized on all hosts.
+
+  Global batch b holds rows b*B .. (b+1)*B-1 (B = eval_batch_size); host p
+  produces its slice p*B/P .. (p+1)*B/P - 1 of each, so every host yields
+  the same number of batches. Rows are video-major (the views of a video
+  are adjacent).
+  """
+  source, processor = _prepare(cfg, source, cfg.eval_split)
+  pi, pc = _process(process_index, process_count)
+  gb = cfg.eval_batch_size
+  batch = config_lib.per_host_batch_size(gb, pc, "eval_batch_size")
+  num_rows = len(source) * processor.num_views
+  num_batches = -(-num_rows // gb)
+
+  rows = grain.MapDataset.range(num_batches * batch).map(
+      _HostRow(batch, gb, pi))
+  ds = rows.map(_EvalRow(processor, source.records, num_rows))
+  ds = ds.batch(batch, drop_remainder=True)
+  info = EvalInfo(len(source), processor.num_views, num_rows, num_batches)
+  return _finish(ds, cfg), info
+
+
+def make_train_iterator(cfg: ml_collections.ConfigDict,
+                        source: sources.Source | None = None, *,
+                        process_index: int | None = None,
+                        process_count: int | None = None
+                        ) -> grain.DatasetIterator:
+  """This host's training batches, forever; checkpointable.
+
+  Args:
+    cfg: `config.data`.
+    source: records to read; default `open_source(cfg, cfg.train_split)`.
+    process_index, process_count: default jax.process_index()/count().
+
+  Returns:
+    A grain DatasetIterator of per-host batches (see `pgvt_jax.data` for the
+    keys); `get_state()`/`set_state()` resume exactly, and it can be saved
+    in an orbax Composite with `grain.checkpoint.CheckpointSave(it)`.
+  """
+  return iter(train_dataset(cfg, source, process_index=process_index,
+                            process_count=process_count))
+
+
+def make_eval_iterator(cfg: ml_collections.ConfigDict,
+                       source: sources.Source | None = None, *,
+                       process_index: int | None = None,
+                       process_count: int | None = None
+                       ) -> tuple[grain.DatasetIterator, EvalInfo]:
+  """A fresh one-pass iterator over this host's eval batches, and its size."""
+  ds, info = eval_dataset(cfg, source, process_index=process_index,
+                          process_count=process_count)
+  return iter(ds), info
+
+
+def batch_spec(cfg: ml_collections.ConfigDict, num_joints: int, *,
+               train: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global batch shapes/dtypes (for `jax.eval_shape` / model init).
+
+  Args:
+    cfg: `config.data`.
+    num_joints: V of the layout (J = V * max_persons).
+    train: training batch (no view_index/valid) or eval batch.
+  """
+  spec = processing.example_spec(cfg, num_joints, eval_rows=not train)
+  b = cfg.train_batch_size if train else cfg.eval_batch_size
+  return {k: jax.ShapeDtypeStruct((b, *s), d) for k, (s, d) in spec.items()}

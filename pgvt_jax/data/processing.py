@@ -1,0 +1,180 @@
+"""One record -> one model example (one clip, one crop): sampling, crop/flip,
+normalisation, pose selection and (optionally) heatmaps.
+
+A record is a dict in the data contract's format (docs in `pgvt_jax.data`):
+frames (T, H, W, 3) uint8 -- or a length-T sequence of per-frame uint8 arrays
+or of JPEG bytes, decoded here only for the sampled frames --, keypoints
+(T, M, V, 2) stored-frame pixels, keypoint_score (T, M, V), label, video_id.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from pgvt_jax import skeletons
+from pgvt_jax.data import augment
+from pgvt_jax.data import sampling
+
+Example = dict[str, np.ndarray]
+
+
+def _video_id(record: Mapping[str, Any]) -> str:
+  vid = record.get("video_id", "?")
+  return vid.decode() if isinstance(vid, bytes) else str(vid)
+
+
+def example_spec(cfg: ml_collections.ConfigDict, num_joints: int,
+                 eval_rows: bool = True) -> dict[str, tuple]:
+  """{key: (shape, dtype)} of one example (a batch adds a leading B).
+
+  Args:
+    cfg: `config.data`.
+    num_joints: V of the layout; J = V * max_persons.
+    eval_rows: include the eval-only keys view_index and valid.
+  """
+  j = num_joints * cfg.max_persons
+  s = cfg.image_size
+  spec = {
+      "frames": ((cfg.num_frames, s, s, 3), np.float32),
+      "pose": ((cfg.pose_frames, j, 2), np.float32),
+      "pose_mask": ((cfg.pose_frames, j), np.float32),
+      "label": ((), np.int32),
+      "video_index": ((), np.int32),
+  }
+  if cfg.pose_format == "heatmap":
+    hh = cfg.heatmap_size
+    spec["pose_heatmap"] = ((cfg.pose_frames, hh, hh, j), np.float32)
+  if eval_rows:
+    spec["view_index"] = ((), np.int32)
+    spec["valid"] = ((), np.bool_)
+  return spec
+
+
+class _Frames:
+  """Random access to a record's frames as PIL images, decoding lazily."""
+
+  def __init__(self, frames: Any, video_id: str):
+    self._frames = frames
+    self._video_id = video_id
+    self.count = len(frames)
+    if self.count == 0:
+      raise ValueError(f"record {video_id!r}: no frames")
+    first = self.image(0)
+    self.width, self.height = first.size
+
+  def image(self, i: int) -> Image.Image:
+    f = self._frames[i]
+    if isinstance(f, (bytes, np.bytes_)):
+      return Image.open(io.BytesIO(f))
+    f = np.asarray(f)
+    if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3:
+      raise ValueError(f"record {self._video_id!r}: frame {i} has shape "
+                       f"{f.shape} {f.dtype}, expected (H, W, 3) uint8")
+    return Image.fromarray(f)
+
+
+class ClipProcessor:
+  """Builds training examples and test-time views from records.
+
+  Args:
+    cfg: `config.data` (see config.py).
+    skeleton: the records' joint layout.
+  """
+
+  def __init__(self, cfg: ml_collections.ConfigDict,
+               skeleton: skeletons.Skeleton):
+    self.cfg = cfg
+    self.skeleton = skeleton
+    self.num_views = cfg.eval_clips * cfg.eval_crops
+
+  # -- public -----------------------------------------------------------------
+
+  def train(self, record: Mapping[str, Any], index: int,
+            rng: np.random.Generator) -> Example:
+    """A randomly sampled, cropped and flipped clip (draws only from `rng`)."""
+    cfg = self.cfg
+    frames, kp, score = self._parse(record)
+    vidx, pidx = sampling.sample_aligned(
+        frames.count, cfg.num_frames, cfg.pose_frames, rng=rng)
+    box = augment.random_resized_crop_box(
+        rng, frames.height, frames.width, cfg.crop_area, cfg.crop_aspect)
+    flip = bool(cfg.flip) and rng.random() < 0.5
+    return self._example(record, index, frames, kp, score, vidx, pidx, box,
+                         flip)
+
+  def view(self, record: Mapping[str, Any], index: int, view: int) -> Example:
+    """Test-time view `view` = clip * eval_crops + crop, deterministic."""
+    cfg = self.cfg
+    clip, crop = divmod(view, cfg.eval_crops)
+    frames, kp, score = self._parse(record)
+    vidx, pidx = sampling.sample_aligned(
+        frames.count, cfg.num_frames, cfg.pose_frames, clip=clip,
+        num_clips=cfg.eval_clips)
+    box = augment.eval_crop_boxes(frames.height, frames.width, cfg.short_side,
+                                  cfg.image_size, cfg.eval_crops)[crop]
+    ex = self._example(record, index, frames, kp, score, vidx, pidx, box,
+                       False)
+    ex["view_index"] = np.int32(view)
+    ex["valid"] = np.bool_(True)
+    return ex
+
+  def padding(self) -> Example:
+    """An all-zero eval row with valid=False and indices/label -1."""
+    ex = {k: np.zeros(s, d) for k, (s, d) in self.example_spec().items()}
+    for k in ("label", "video_index", "view_index"):
+      ex[k] = np.int32(-1)
+    ex["valid"] = np.bool_(False)
+    return ex
+
+  def example_spec(self, eval_rows: bool = True) -> dict[str, tuple]:
+    return example_spec(self.cfg, self.skeleton.num_joints, eval_rows)
+
+  # -- internals --------------------------------------------------------------
+
+  def _parse(self, record):
+    vid = _video_id(record)
+    frames = _Frames(record["frames"], vid)
+    v = self.skeleton.num_joints
+    if record.get("keypoints") is None:  # a pose-free record
+      kp = np.zeros((frames.count, 0, v, 2), np.float32)
+      score = np.zeros((frames.count, 0, v), np.float32)
+    else:
+      kp = np.asarray(record["keypoints"], np.float32)
+      score = np.asarray(record["keypoint_score"], np.float32)
+    if (kp.ndim != 4 or kp.shape[0] != frames.count or kp.shape[2] != v
+        or kp.shape[3] != 2 or score.shape != kp.shape[:3]):
+      raise ValueError(
+          f"record {vid!r}: keypoints {kp.shape} / keypoint_score "
+          f"{score.shape} do not match (T={frames.count}, M, "
+          f"V={v} [{self.skeleton.name}], 2) / (T, M, V)")
+    return frames, kp, score
+
+  def _example(self, record, index, frames, kp, score, vidx, pidx, box, flip):
+    cfg = self.cfg
+    s = cfg.image_size
+    # Decode each distinct sampled frame once (short videos repeat indices).
+    uniq, inverse = np.unique(vidx, return_inverse=True)
+    crops = np.stack([augment.crop_resize(frames.image(int(i)), box, s)
+                      for i in uniq])[inverse]
+    if flip:
+      crops = crops[:, :, ::-1]
+    persons = augment.select_persons(score, cfg.max_persons)
+    pose, mask = augment.transform_keypoints(
+        kp[pidx], score[pidx], persons, box, flip,
+        self.skeleton.flip_permutation, cfg.score_threshold)
+    ex = {
+        "frames": augment.normalize_frames(crops),
+        "pose": pose,
+        "pose_mask": mask,
+        "label": np.int32(record["label"]),
+        "video_index": np.int32(index),
+    }
+    if cfg.pose_format == "heatmap":
+      ex["pose_heatmap"] = augment.gaussian_heatmaps(
+          pose, mask, cfg.heatmap_size, cfg.heatmap_sigma)
+    return ex
