@@ -83,8 +83,15 @@ def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
 
 def normalize_frames(frames: np.ndarray) -> np.ndarray:
   """uint8 (..., 3) -> float32 (x / 255 - CLIP_MEAN) / CLIP_STD."""
-  scale = 1.0 / (255.0 * CLIP_STD)
-  return frames.astype(np.float32) * scale - CLIP_MEAN / CLIP_STD
+  # One fused multiply-subtract per pixel. Broadcasting a (3,) vector makes
+  # numpy loop in strides of 3 (~10x slower); rows of (W*3,) tiled constants
+  # keep the inner loop long.
+  width = frames.shape[-2] * 3
+  scale = np.tile((1.0 / (255.0 * CLIP_STD)).astype(np.float32), width // 3)
+  offset = np.tile((CLIP_MEAN / CLIP_STD).astype(np.float32), width // 3)
+  out = np.multiply(frames.reshape(-1, width), scale, dtype=np.float32)
+  out -= offset
+  return out.reshape(frames.shape)
 
 
 def select_persons(score: np.ndarray, max_persons: int) -> np.ndarray:

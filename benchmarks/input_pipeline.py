@@ -1,0 +1,191 @@
+r"""Input-pipeline throughput: clips/s per CPU core, from ArrayRecord records.
+
+Writes a small TFDS ArrayRecord dataset in the data contract's schema (JPEG
+frames at short side 256, COCO-17 keypoints), then times the training
+pipeline (16 frames at 224 px + 48 aligned pose frames, random resized crop,
+flip, CLIP normalisation) and the 3-crop eval pipeline.
+
+Frames come from a real clip (mmaction2's demo.mp4, 340x256, in
+../shared/realdata) when present, else from smooth synthetic images; each
+record holds `--frames` stored frames (Diving48's median is 144).
+
+  python benchmarks/input_pipeline.py                 # all settings
+  python benchmarks/input_pipeline.py --records=8 --batches=4   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import io
+import json
+import os
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
+from tensorflow_datasets.core import utils as tfds_utils
+
+from pgvt_jax import data
+
+REALDATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def _source_frames(num: int) -> list[np.ndarray]:
+  """`num` RGB frames with short side 256."""
+  clip = REALDATA / "mmaction2_demo.mp4"
+  if clip.exists():
+    import av  # pylint: disable=g-import-not-at-top
+    with av.open(str(clip)) as container:
+      frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    frames = (frames * (num // len(frames) + 1))[:num]
+    h, w = frames[0].shape[:2]
+    if min(h, w) != 256:
+      size = (round(w * 256 / min(h, w)), round(h * 256 / min(h, w)))
+      frames = [np.asarray(Image.fromarray(f).resize(size)) for f in frames]
+    return frames
+  yy, xx = np.mgrid[0:256, 0:340]
+  return [np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256,
+                    (xx + yy) // 3 % 256], -1).astype(np.uint8)
+          for i in range(num)]
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(frame).save(buf, format="JPEG", quality=90)
+  return buf.getvalue()
+
+
+class BenchRecords(tfds.core.GeneratorBasedBuilder):
+  """Records in the data contract's schema (see pgvt_jax.data)."""
+  VERSION = tfds.core.Version("1.0.0")
+  NUM_RECORDS = 48
+  NUM_FRAMES = 144
+
+  @tfds_utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's default needs `importlib_resources`, not installed here.
+    return epath.Path(inspect.getfile(cls))
+
+  def _info(self):
+    zlib = tfds.features.Encoding.ZLIB
+    f = tfds.features
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=f.FeaturesDict({
+            "video_id": f.Text(),
+            "label": f.ClassLabel(num_classes=4),
+            "frames": f.Sequence(f.Image(shape=(None, None, 3),
+                                         encoding_format="jpeg")),
+            "frame_indices": f.Tensor(shape=(None,), dtype=np.int32),
+            "keypoints": f.Tensor(shape=(None, None, 17, 2),
+                                  dtype=np.float32, encoding=zlib),
+            "keypoint_score": f.Tensor(shape=(None, None, 17),
+                                       dtype=np.float32, encoding=zlib),
+            "fps": f.Scalar(dtype=np.float32),
+            "original_size": f.Tensor(shape=(2,), dtype=np.int32),
+        }),
+        metadata=tfds.core.MetadataDict(joint_layout="coco17"))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    t = self.NUM_FRAMES
+    jpegs = [_jpeg(f) for f in _source_frames(t)]
+    h, w = _source_frames(1)[0].shape[:2]
+    rng = np.random.default_rng(0)
+    for i in range(self.NUM_RECORDS):
+      m = 1 + i % 2
+      yield i, {
+          "video_id": f"bench{i}", "label": i % 4, "frames": jpegs,
+          "frame_indices": np.arange(t, dtype=np.int32),
+          "keypoints": (rng.random((t, m, 17, 2)) * (w, h)).astype(np.float32),
+          "keypoint_score": rng.random((t, m, 17)).astype(np.float32),
+          "fps": np.float32(30), "original_size": np.array([h, w], np.int32)}
+
+
+def _time(iterator, batches: int, batch_size: int, warmup: int) -> float:
+  """Clips/s over `batches` batches after `warmup` batches (worker start)."""
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * batch_size / (time.perf_counter() - start)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--records", type=int, default=48)
+  p.add_argument("--frames", type=int, default=144)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--batches", type=int, default=8)
+  p.add_argument("--cores", type=int, default=0,
+                 help="threads/workers for the parallel settings "
+                      "(default: all CPU cores)")
+  p.add_argument("--json", default="", help="also write the results here")
+  args = p.parse_args()
+
+  BenchRecords.NUM_RECORDS, BenchRecords.NUM_FRAMES = args.records, args.frames
+  tmp = tempfile.mkdtemp(prefix="pgvt_bench_")
+  start = time.perf_counter()
+  builder = BenchRecords(data_dir=tmp, file_format="array_record")
+  builder.download_and_prepare()
+  size = sum(f.stat().st_size for f in pathlib.Path(builder.data_dir).glob(
+      "*.array_record*"))
+  print(f"wrote {args.records} records x {args.frames} frames "
+        f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f}s; "
+        f"frames from {'demo.mp4' if REALDATA.exists() else 'synthetic'}")
+
+  cfg = data.get_config()
+  cfg.update(dict(builder_dir=str(builder.data_dir), num_frames=16,
+                  pose_frames=48, image_size=224, short_side=224,
+                  train_split="train", eval_split="train",
+                  train_batch_size=args.batch, eval_batch_size=args.batch,
+                  eval_crops=3, eval_clips=1, prefetch=4))
+  cores = args.cores or os.cpu_count() or 1
+  settings = [  # (name, pipeline, cores used, overrides)
+      ("train, 1 thread", "train", 1, dict(num_threads=1)),
+      (f"train, {cores} threads", "train", cores, dict(num_threads=cores)),
+      (f"train, {cores} worker processes", "train", cores,
+       dict(num_workers=cores, num_threads=1)),
+      ("train + 112px heatmaps, 1 thread", "train", 1,
+       dict(num_threads=1, pose_format="heatmap")),
+      ("eval 3 crops, 1 thread", "eval", 1, dict(num_threads=1)),
+  ]
+  results = []
+  print(f"\n{'setting':40s} {'clips/s':>8s} {'per core':>9s}")
+  for name, kind, used, overrides in settings:
+    c = cfg.copy_and_resolve_references()
+    c.update(overrides)
+    if kind == "train":
+      it = data.make_train_iterator(c, process_index=0, process_count=1)
+    else:
+      it = _cycle(c)
+    rate = _time(it, args.batches, args.batch, warmup=max(2, c.num_workers))
+    if hasattr(it, "close"):
+      it.close()
+    results.append(dict(setting=name, clips_per_s=rate,
+                        clips_per_s_per_core=rate / used))
+    print(f"{name:40s} {rate:8.1f} {rate / used:9.1f}")
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(dict(
+        args=vars(args), cores=cores, results=results), indent=2))
+
+
+def _cycle(cfg):
+  """Eval batches, restarting the pass so any number can be timed."""
+  while True:
+    it, _ = data.make_eval_iterator(cfg, process_index=0, process_count=1)
+    yield from it
+
+
+if __name__ == "__main__":
+  main()
