@@ -35,10 +35,10 @@ def dot_xy(t: np.ndarray | int) -> np.ndarray:
   return np.stack([X0 + STEP * t, np.full_like(t, Y0)], -1)
 
 
-def dot_frames(num_frames: int) -> np.ndarray:
-  """(T, H, W, 3) uint8 frames of the moving dot."""
-  yy, xx = np.mgrid[0:H, 0:W] + 0.5  # Pixel centres.
-  frames = np.zeros((num_frames, H, W, 3), np.uint8)
+def dot_frames(num_frames: int, h: int = H, w: int = W) -> np.ndarray:
+  """(T, h, w, 3) uint8 frames of the moving dot."""
+  yy, xx = np.mgrid[0:h, 0:w] + 0.5  # Pixel centres.
+  frames = np.zeros((num_frames, h, w, 3), np.uint8)
   for t in range(num_frames):
     x, y = dot_xy(t)
     frames[t][(xx - x) ** 2 + (yy - y) ** 2 <= R * R] = 255
@@ -46,9 +46,12 @@ def dot_frames(num_frames: int) -> np.ndarray:
 
 
 def write_dot_video(path: str | os.PathLike, num_frames: int,
-                    fps: float = 25.0) -> str:
+                    fps: float = 25.0, h: int = H, w: int = W) -> str:
+  """An H.264 (.mp4) or MPEG-4 part 2 (.avi) video of the moving dot."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  video_lib.write_video(path, dot_frames(num_frames), fps=fps)
+  codec = "mpeg4" if os.fspath(path).endswith(".avi") else "libx264"
+  video_lib.write_video(path, dot_frames(num_frames, h, w), fps=fps,
+                        codec=codec)
   return os.fspath(path)
 
 

@@ -1,0 +1,89 @@
+"""The built-in demo dataset (see `data_prep.synthetic`) as a TFDS builder."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from data_prep import builder as builder_lib
+from data_prep import poses as poses_lib
+from data_prep import synthetic
+
+_SPLIT_SEEDS = {"train": 0, "test": 1}
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticConfig(builder_lib.DatasetConfig):
+  """Clip counts, classes, seed and clip shape of one synthetic dataset."""
+  num_train: int = 256
+  num_test: int = 64
+  seed: int = 0
+  num_frames: int = 32
+  image_size: int = 128
+
+  @classmethod
+  def make(cls, num_train: int, num_test: int, num_classes: int, seed: int,
+           num_frames: int, image_size: int) -> "SyntheticConfig":
+    """A config named after its parameters (one directory per dataset)."""
+    name = (f"c{num_classes}_n{num_train}-{num_test}_t{num_frames}"
+            f"_s{image_size}_seed{seed}")
+    return cls(name=name, joint_layout="coco17", num_classes=num_classes,
+               num_train=num_train, num_test=num_test, seed=seed,
+               num_frames=num_frames, image_size=image_size,
+               description="synthetic COCO-17 stick-figure actions")
+
+
+class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
+  """Stick-figure actions that differ only in motion (pgvt_jax's demo data)."""
+
+  name = "synthetic_pose_actions"
+  BUILDER_CONFIGS = [SyntheticConfig.make(256, 64, 8, 0, 32, 128)]
+
+  def _info(self):
+    info = super()._info()
+    cfg = self.builder_config
+    info.metadata.update(
+        horizontal_flip_safe=False,  # A flip turns one class into another.
+        generator=dict(num_train=cfg.num_train, num_test=cfg.num_test,
+                       seed=cfg.seed, num_frames=cfg.num_frames,
+                       image_size=cfg.image_size))
+    return info
+
+  def _read_dataset(self, manual_dir):
+    cfg = self.builder_config
+    defs = synthetic.class_definitions(cfg.num_classes)
+    splits = {}
+    for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
+      items = []
+      for i in range(n):
+        label = i % cfg.num_classes
+        seed = (cfg.seed, _SPLIT_SEEDS[split], i)
+        clip = _Clip(functools.partial(
+            synthetic.render_clip, defs[label], seed, cfg.num_frames,
+            cfg.image_size), cfg.image_size)
+        items.append(builder_lib.VideoItem(
+            f"{split}_{i:06d}", label, None, frames=clip.frames,
+            pose=clip.pose))
+      splits[split] = items
+    return synthetic.class_names(cfg.num_classes), splits
+
+
+class _Clip:
+  """Renders a clip once: `frames()` returns the video and keeps only the
+  (small) keypoints for the `pose()` call that follows."""
+
+  def __init__(self, render, size: int):
+    self._render, self._size, self._kps = render, size, None
+
+  def frames(self):
+    video, self._kps = self._render()
+    return video
+
+  def pose(self) -> poses_lib.PoseSequence:
+    kps = self._kps if self._kps is not None else self._render()[1]
+    self._kps = None
+    return poses_lib.PoseSequence(
+        keypoint=kps[None], score=np.ones((1,) + kps.shape[:2], np.float32),
+        image_size=(self._size, self._size), source="synthetic")
