@@ -161,6 +161,21 @@ def test_eval_views_from_records_keypoints_on_dots(builder_dir):
   assert checked > 10
 
 
+def test_worker_process_reads_records_like_the_main_process(builder_dir):
+  cfg = _config(builder_dir[0], num_threads=0)
+  in_process = data.make_train_iterator(cfg)
+  expected = [next(in_process), next(in_process)]
+  cfg.num_workers = 1  # the tfds source and processor travel by pickle
+  it = data.make_train_iterator(cfg)
+  try:
+    for want in expected:
+      got = next(it)
+      for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  finally:
+    it.close()
+
+
 def test_name_and_data_dir_open_the_same_dataset(builder_dir):
   cfg = _config("", name="dots_tiny", data_dir=builder_dir[1])
   src = data.open_source(cfg, "test")

@@ -161,15 +161,15 @@ class ClipProcessor:
     uniq, inverse = np.unique(vidx, return_inverse=True)
     crops = np.stack([augment.crop_resize(frames.image(int(i)), box, s)
                       for i in uniq])[inverse]
-    clip = augment.normalize_frames(crops)
+    pixels = augment.normalize_frames(crops)
     if flip:  # a view; batching makes the one copy
-      clip = clip[:, :, ::-1]
+      pixels = pixels[:, :, ::-1]
     persons = augment.select_persons(score, cfg.max_persons)
     pose, mask = augment.transform_keypoints(
         kp[pidx], score[pidx], persons, box, flip,
         self.skeleton.flip_permutation, cfg.score_threshold)
     ex = {
-        "frames": clip,
+        "frames": pixels,
         "pose": pose,
         "pose_mask": mask,
         "label": np.int32(record["label"]),
