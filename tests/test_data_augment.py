@@ -21,7 +21,7 @@ def _dot_record(t=6, h=48, w=64):
     for joint, colour in ((LW, RED), (RW, BLUE)):
       x, y = rng.integers(6, w - 6), rng.integers(6, h - 6)
       frames[i, y - 3:y + 4, x - 3:x + 4] = colour
-      kp[i, 0, joint] = (x, y)
+      kp[i, 0, joint] = (x + 0.5, y + 0.5)  # centre of pixel (x, y)
       score[i, 0, joint] = 1.0
   return {"video_id": "dots", "label": 1, "frames": frames, "keypoints": kp,
           "keypoint_score": score}
@@ -91,15 +91,15 @@ def test_transform_keypoints_reference():
   pose, mask = augment.transform_keypoints(
       kp, score, np.array([0, -1]), box, False, np.arange(3), 0.1)
   assert pose.shape == (1, 6, 2) and mask.shape == (1, 6)
-  # Joint 0: ((10.5 - 5) / 40, (20.5 - 10) / 20); joint 1 out of crop;
+  # Joint 0: ((10 - 5) / 40, (20 - 10) / 20); joint 1 out of crop;
   # joint 2 low score; person 1 absent.
-  np.testing.assert_allclose(pose[0, 0], [5.5 / 40, 10.5 / 20])
+  np.testing.assert_allclose(pose[0, 0], [5 / 40, 10 / 20])
   np.testing.assert_array_equal(mask[0], [1, 0, 0, 0, 0, 0])
   np.testing.assert_array_equal(pose[0, 1:], 0)
   # Flip: x -> 1 - x and joints 0 <-> 2 swap labels.
   pose_f, mask_f = augment.transform_keypoints(
       kp, score, np.array([0]), box, True, np.array([2, 1, 0]), 0.1)
-  np.testing.assert_allclose(pose_f[0, 2], [1 - 5.5 / 40, 10.5 / 20])
+  np.testing.assert_allclose(pose_f[0, 2], [1 - 5 / 40, 10 / 20])
   np.testing.assert_array_equal(mask_f[0], [0, 0, 1])
 
 
@@ -114,7 +114,7 @@ def test_persons_chosen_by_mean_score_person_major():
   pose, mask = augment.transform_keypoints(
       kp, score, np.array([2, 0]), (0., 0., 16., 16.), False,
       np.arange(17), 0.1)
-  np.testing.assert_allclose(pose[:, :17], 7.5 / 16)  # person 2 first
+  np.testing.assert_allclose(pose[:, :17], 7 / 16)  # person 2 first
   np.testing.assert_array_equal(mask[:, :17], 1)
 
 

@@ -39,7 +39,7 @@ def _example(i):
     if i >= 5:
       x, y = rng.integers(8, w - 8), rng.integers(8, h - 8)
     frames[f, y - 3:y + 4, x - 3:x + 4] = (255, 0, 0)
-    kp[f, 0, LW] = (x, y)
+    kp[f, 0, LW] = (x + 0.5, y + 0.5)  # centre of pixel (x, y)
     score[f, 0, LW] = 0.9
   return {"video_id": f"vid{i}", "label": i % 3,
           "frames": [_jpeg(f) for f in frames],

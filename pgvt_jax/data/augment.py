@@ -1,13 +1,13 @@
 """Spatial transforms applied identically to frames and keypoints.
 
-Coordinate conventions (one place, used by every function here):
-  * A crop `Box` is (x0, y0, w, h) in the stored frame's pixel-EDGE
-    coordinates: pixel (col, row) covers [col, col+1) x [row, row+1).
-  * Record keypoints (x, y) name the pixel they lie in (pixel centres at
-    integers, as in COCO/mmaction2), i.e. edge coordinate x + 1/2.
-  * Output keypoints are normalised to the crop: u = (x + 1/2 - x0) / w in
-    [0, 1); output pixel column = floor(u * S). Flip maps u -> 1 - u, which
-    is exactly what mirroring the S columns does to pixel centres.
+Coordinate convention (one place, used by every function here): continuous
+image coordinates in which pixel (col, row) covers [col, col+1) x [row, row+1),
+so its centre is (col + 1/2, row + 1/2). Record keypoints and crop boxes
+(x0, y0, w, h) are both in these units of the stored frame; resizing is then
+a plain multiplication (as data_prep and mmaction2's PoseC3D transforms do).
+Output keypoints are normalised to the crop, u = (x - x0) / w in [0, 1), and
+lie in output pixel column floor(u * S); a flip maps u -> 1 - u, exactly what
+mirroring the S columns does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-Box = tuple[float, float, float, float]  # x0, y0, w, h (pixel edges)
+Box = tuple[float, float, float, float]  # x0, y0, w, h (see above)
 
 # OpenAI CLIP's preprocessing statistics (RGB, on [0, 1] pixels).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -133,8 +133,8 @@ def transform_keypoints(keypoints: np.ndarray, score: np.ndarray,
   kp[:, present] = keypoints[:, persons[present]]
   sc[:, present] = score[:, persons[present]]
   x0, y0, w, h = box
-  u = (kp[..., 0] + 0.5 - x0) / w
-  y = (kp[..., 1] + 0.5 - y0) / h
+  u = (kp[..., 0] - x0) / w
+  y = (kp[..., 1] - y0) / h
   mask = (sc > score_threshold) & (u >= 0) & (u < 1) & (y >= 0) & (y < 1)
   mask &= np.isfinite(u) & np.isfinite(y)
   if flip:
