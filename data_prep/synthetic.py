@@ -1,0 +1,214 @@
+"""Synthetic pose actions: a COCO-17 stick figure whose classes differ only in
+motion, rendered with random backgrounds, camera jitter and joint noise.
+
+A class is an ordered pair of limb rotations, e.g. "left arm 1 turn clockwise,
+then right arm 1 turn anticlockwise". Classes are enumerated so that the first
+ones share limbs and counts and differ only in order and direction (the
+hardest case), then in rotation count, then in limbs:
+
+  classes 0-7    left+right arm, 1 turn each, all orders x directions
+  classes 8-15   the same arms, 2 turns then 1 ...   (192 classes at most)
+
+A single frame shows a limb at some angle, which is compatible with either
+order and either direction; the class is only visible in the motion.
+NOTE: a horizontal flip maps left <-> right and clockwise <-> anticlockwise,
+i.e. one class onto another: do not flip-augment this dataset (the builder
+stores `horizontal_flip_safe=False` in its metadata).
+
+  path = build("/tmp/pgvt_data", num_train=256, num_test=64, num_classes=8)
+  src = tfds.builder_from_directory(path).as_data_source("train")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from data_prep import video as video_lib
+from pgvt_jax import skeletons
+
+SK = skeletons.COCO17
+LIMBS = ("left_arm", "right_arm", "left_leg", "right_leg")
+_LIMB_JOINTS = {"left_arm": (5, 7, 9), "right_arm": (6, 8, 10),
+                "left_leg": (11, 13, 15), "right_leg": (12, 14, 16)}
+# Limb pairs in the order classes use them (arms first: the most visible).
+_PAIRS = (("left_arm", "right_arm"), ("left_leg", "right_leg"),
+          ("left_arm", "right_leg"), ("right_arm", "left_leg"),
+          ("left_arm", "left_leg"), ("right_arm", "right_leg"))
+_COUNTS = ((1, 1), (2, 1), (1, 2), (2, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotation:
+  """`limb` turns `count` full circles around its root joint; direction +1 is
+  anticlockwise on screen (down -> right -> up), -1 clockwise."""
+  limb: str
+  direction: int
+  count: int
+
+  def __str__(self):
+    way = "ccw" if self.direction > 0 else "cw"
+    return f"{self.limb} {self.count}x{way}"
+
+
+def class_definitions(num_classes: int) -> list[tuple[Rotation, Rotation]]:
+  """The first `num_classes` classes (see module docstring for the order)."""
+  out = []
+  for (a, b), (ca, cb) in itertools.product(_PAIRS, _COUNTS):
+    for first, second in (((a, ca), (b, cb)), ((b, cb), (a, ca))):
+      for d1, d2 in itertools.product((1, -1), (1, -1)):
+        out.append((Rotation(first[0], d1, first[1]),
+                    Rotation(second[0], d2, second[1])))
+  if not 2 <= num_classes <= len(out):
+    raise ValueError(f"num_classes={num_classes}, expected 2..{len(out)}")
+  return out[:num_classes]
+
+
+def class_names(num_classes: int) -> list[str]:
+  return [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes)]
+
+
+# Figure in body units (height ~1, y down, origin mid-hip); person faces the
+# camera, so the person's left is image right (+x).
+_TORSO = {0: (0.0, -0.40), 1: (0.025, -0.42), 2: (-0.025, -0.42),
+          3: (0.05, -0.41), 4: (-0.05, -0.41), 5: (0.11, -0.28),
+          6: (-0.11, -0.28), 11: (0.07, 0.0), 12: (-0.07, 0.0)}
+_SEGMENTS = {"arm": (0.16, 0.15), "leg": (0.22, 0.22)}
+_REST = {"left_arm": (0.25, 0.2), "right_arm": (-0.25, -0.2),
+         "left_leg": (0.08, -0.05), "right_leg": (-0.08, 0.05)}
+
+
+def _ease(u: np.ndarray) -> np.ndarray:
+  """Smooth 0 -> 1 ramp (zero velocity at both ends)."""
+  u = np.clip(u, 0.0, 1.0)
+  return 0.5 - 0.5 * np.cos(np.pi * u)
+
+
+def motion(label_def: tuple[Rotation, Rotation], num_frames: int, size: int,
+           rng: np.random.Generator, pose_noise_px: float = 0.6) -> np.ndarray:
+  """Joint positions (T, 17, 2) in pixels of a `size` x `size` canvas.
+
+  Random per clip: position, scale, sway, timing of the two rotations.
+  """
+  t = np.arange(num_frames) / max(num_frames - 1, 1)
+  # Timing: two windows covering most of the clip, in order.
+  start = rng.uniform(0.0, 0.08)
+  d1, gap, d2 = rng.uniform(0.36, 0.46), rng.uniform(0.0, 0.08), rng.uniform(
+      0.36, 0.46)
+  windows = ((start, start + d1), (start + d1 + gap, start + d1 + gap + d2))
+  angles = {limb: np.full(num_frames, _REST[limb][0]) for limb in LIMBS}
+  for rot, (w0, w1) in zip(label_def, windows):
+    angles[rot.limb] = angles[rot.limb] + rot.direction * 2 * np.pi * (
+        rot.count * _ease((t - w0) / (w1 - w0)))
+
+  scale = rng.uniform(0.58, 0.7) * size  # Pixels per body unit.
+  cx = rng.uniform(0.4, 0.6) * size
+  cy = rng.uniform(0.52, 0.6) * size
+  sway = rng.uniform(0, 0.025) * size * np.sin(
+      2 * np.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 2 * np.pi))
+  lean = rng.uniform(-0.08, 0.08)
+
+  pts = np.zeros((num_frames, 17, 2))
+  for j, (x, y) in _TORSO.items():
+    pts[:, j] = (x + lean * -y, y)
+  for limb, (root, mid, end) in _LIMB_JOINTS.items():
+    l1, l2 = _SEGMENTS[limb.split("_")[1]]
+    th, bend = angles[limb], _REST[limb][1]
+    # Angle from straight down, positive towards +x: direction (sin, cos).
+    pts[:, mid] = pts[:, root] + l1 * np.stack([np.sin(th), np.cos(th)], -1)
+    pts[:, end] = pts[:, mid] + l2 * np.stack(
+        [np.sin(th + bend), np.cos(th + bend)], -1)
+  pts = pts * scale + np.stack([cx + sway, np.full_like(sway, cy)], -1)[:, None]
+  pts += rng.normal(0.0, pose_noise_px, pts.shape)
+  return pts.astype(np.float32)
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+  """(size, size, 3) uint8: a colour gradient, a few shapes, pixel noise."""
+  c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+  ang = rng.uniform(0, 2 * np.pi)
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  g = (np.cos(ang) * xx + np.sin(ang) * yy)
+  g = (g - g.min()) / (np.ptp(g) + 1e-6)
+  img = Image.fromarray((c0 + (c1 - c0) * g[..., None]).astype(np.uint8))
+  draw = ImageDraw.Draw(img)
+  for _ in range(rng.integers(3, 8)):
+    x0, y0 = rng.uniform(-0.2, 1.0, 2) * size
+    w, h = rng.uniform(0.05, 0.4, 2) * size
+    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+    shape((x0, y0, x0 + w, y0 + h), fill=color)
+  arr = np.asarray(img).astype(np.int16) + rng.integers(-8, 9, (size, size, 3))
+  return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
+                num_frames: int = 32, size: int = 128, fps: float = 16.0,
+                pose_noise_px: float = 0.6, jitter_px: int = 4
+               ) -> tuple[video_lib.DecodedVideo, np.ndarray]:
+  """One clip: frames and the exact keypoints of the drawn figure.
+
+  Returns:
+    (video, keypoints (T, 17, 2) float32 in frame pixels).
+  """
+  rng = np.random.default_rng(seed)
+  pad = jitter_px
+  canvas = size + 2 * pad
+  pts = motion(label_def, num_frames, size, rng, pose_noise_px) + pad
+  bg = _background(canvas, rng)
+  # Camera jitter: a clipped random walk of the crop window.
+  steps = rng.normal(0.0, 0.8, (num_frames, 2))
+  offset = np.clip(np.cumsum(steps, 0) + pad, 0, 2 * pad).round().astype(int)
+  color = tuple(int(c) for c in rng.integers(0, 256, 3))
+  outline = tuple(255 - c for c in color)
+  width = max(2, round(size / 40 * rng.uniform(0.8, 1.3)))
+  head_r = size / 30
+  frames = np.empty((num_frames, size, size, 3), np.uint8)
+  kps = np.empty((num_frames, 17, 2), np.float32)
+  for i in range(num_frames):
+    ox, oy = offset[i]
+    img = Image.fromarray(bg[oy:oy + size, ox:ox + size])
+    draw = ImageDraw.Draw(img)
+    p = pts[i] - (ox, oy)
+    for a, b in SK.bones:
+      draw.line((*p[a], *p[b]), fill=outline, width=width + 2)
+    for a, b in SK.bones:
+      draw.line((*p[a], *p[b]), fill=color, width=width)
+    nx, ny = p[0]
+    draw.ellipse((nx - head_r, ny - head_r, nx + head_r, ny + head_r),
+                 fill=color, outline=outline)
+    frames[i] = np.asarray(img)
+    kps[i] = p
+  video = video_lib.DecodedVideo(
+      frames=frames, frame_indices=np.arange(num_frames, dtype=np.int32),
+      fps=fps, source_fps=fps, num_source_frames=num_frames,
+      original_size=(size, size))
+  return video, kps
+
+
+def build(data_dir: str, num_train: int = 256, num_test: int = 64,
+          num_classes: int = 8, seed: int = 0, num_frames: int = 32,
+          image_size: int = 128, num_workers: int = 2,
+          progress: bool = False) -> str:
+  """Builds (or reuses) the synthetic records under `data_dir`.
+
+  Returns:
+    The dataset directory, for `tfds.builder_from_directory(path)`.
+  """
+  # Imported here: the builder module imports this one.
+  from data_prep.datasets import synthetic as synthetic_builder  # pylint: disable=g-import-not-at-top
+  from data_prep import builder as builder_lib  # pylint: disable=g-import-not-at-top
+  config = synthetic_builder.SyntheticConfig.make(
+      num_train=num_train, num_test=num_test, num_classes=num_classes,
+      seed=seed, num_frames=num_frames, image_size=image_size)
+  if config.name in synthetic_builder.SyntheticPoseActions.builder_configs:
+    config = config.name  # TFDS refuses a new object named like a built-in.
+  b = synthetic_builder.SyntheticPoseActions(
+      data_dir=data_dir, config=config,
+      options=builder_lib.BuildOptions(short_side=None, num_workers=num_workers,
+                                       progress=progress))
+  b.download_and_prepare()
+  return str(b.data_dir)
