@@ -115,6 +115,10 @@ def train_dataset(cfg: ml_collections.ConfigDict,
   if len(source) < pc:
     raise ValueError(f"{len(source)} training records cannot be shared by "
                      f"{pc} processes")
+  if cfg.flip and not source.flip_safe:
+    raise ValueError("config.data.flip=True, but this dataset's metadata says "
+                     "a horizontal flip changes its labels "
+                     "(horizontal_flip_safe=False); set config.data.flip=False")
   # Indices, not records, are shuffled: the record is read (and its frames
   # decoded) only inside the map, in the prefetch threads/workers.
   ds = grain.MapDataset.range(len(source))

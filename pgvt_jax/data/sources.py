@@ -25,11 +25,15 @@ class Source:
     skeleton: their joint layout.
     num_classes: number of labels.
     class_names: label names if known.
+    flip_safe: False when a horizontal flip changes the label (the dataset's
+      metadata "horizontal_flip_safe", e.g. the synthetic actions, whose
+      classes differ in left vs right limbs); training then refuses flips.
   """
   records: Sequence[Mapping[str, Any]]
   skeleton: skeletons.Skeleton
   num_classes: int
   class_names: tuple[str, ...] | None = None
+  flip_safe: bool = True
 
   def __len__(self) -> int:
     return len(self.records)
@@ -100,4 +104,6 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
       skeleton=skeletons.get(_layout_name(cfg, info, where)),
       num_classes=label.num_classes,
       class_names=tuple(label.names),
+      flip_safe=bool(dict(info.metadata or {}).get("horizontal_flip_safe",
+                                                    True)),
   )
