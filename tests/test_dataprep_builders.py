@@ -400,3 +400,40 @@ def test_custom_csv_json_and_keypoint_formats(tmp_path):
                        ex["keypoint_score"]) == 6 * 16
   names = tfds.builder_from_directory(b.data_dir).info.features["label"].names
   assert names == ["jump", "wave"]
+
+
+def test_kinetics400_real_index_with_kpfiles(tmp_path):
+  """mmaction2's real K400 index (1-based frame_inds, box scores) + kpfiles
+  written here; a second listed video has no kpfile and is kept without pose."""
+  from data_prep import poses
+  index = poses.load_mmaction_pickle(
+      realdata("mmaction2_k400_skeleton_index_sample.pkl"))
+  m = tmp_path / "manual"
+  m.mkdir()
+  shutil.copy(realdata("mmaction2_k400_skeleton_index_sample.pkl"),
+              m / "k400_2d.pkl")
+  a0, a1 = index["annotations"][:2]
+  rows = np.zeros((len(a0["frame_inds"]), 17, 3), np.float32)
+  rows[:, :, :2] = (100.0, 50.0)  # pixels of img_shape (320, 570)
+  rows[:, :, 2] = 0.8
+  write_pickle(m / "kpfiles" / f"{a0['frame_dir']}.pkl", rows)
+  for a in (a0, a1):
+    write_dot_video(m / f"{a['frame_dir']}.mp4", a["total_frames"], h=72)
+  write_text(m / "train.csv", ["label,youtube_id,time_start,time_end,split"] +
+             [f"c{a['label']},{a['frame_dir']},0,10,train" for a in (a0, a1)])
+  b = build(Kinetics400, tmp_path, m)
+  train = read(b, "train")
+  ex = train[a0["frame_dir"]]
+  keep = a0["box_score"].astype(np.float32) >= 0.5
+  frames = a0["frame_inds"][keep].astype(int) - 1
+  per_frame = np.bincount(frames, minlength=a0["total_frames"])
+  assert ex["keypoints"].shape == (a0["total_frames"], per_frame.max(), 17, 2)
+  np.testing.assert_array_equal((ex["keypoint_score"] > 0).any(-1).sum(-1),
+                                per_frame)
+  scored = ex["keypoint_score"] > 0
+  np.testing.assert_allclose(ex["keypoints"][scored],
+                             np.broadcast_to([100 * 85 / 570, 50 * 48 / 320],
+                                             (scored.sum(), 2)), rtol=1e-5)
+  assert train[a1["frame_dir"]]["keypoints"].shape[1] == 0
+  warn = " ".join(b.summary.splits["train"].warnings[a1["frame_dir"]])
+  assert f"kpfiles/{a1['frame_dir']}.pkl" in warn
