@@ -28,6 +28,7 @@ import tqdm
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
+from data_prep import align as align_lib
 from data_prep import poses as poses_lib
 from data_prep import records
 from data_prep import safe_pickle
@@ -188,6 +189,13 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
+    extractor = self.options.extractor
+    layout = self.builder_config.joint_layout
+    if extractor is not None and getattr(extractor, "layout", None) != layout:
+      raise ValueError(
+          f"extractor {getattr(extractor, 'name', extractor)!r} produces "
+          f"{getattr(extractor, 'layout', '?')} joints, config "
+          f"{self.builder_config.name!r} stores {layout}")
     manual = (os.fspath(dl_manager.manual_dir)
               if self.MANUAL_DOWNLOAD_INSTRUCTIONS else None)
     names, splits = self._read_dataset(manual)
@@ -282,13 +290,13 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
       else:
         counts["kept_without_pose"] += 1
         warns.append(f"{why}; kept with 0 persons")
-        kp, sc = poses_lib.empty_pose(len(video.frames), num_joints)
+        kp, sc = align_lib.empty_pose(len(video.frames), num_joints)
         return (records.make_example(item.video_id, item.label, video, kp, sc,
                                      opts.jpeg_quality), warns, counts)
     else:
       video_for_pose = video
     try:
-      aligned = poses_lib.align_to_video(pose, video_for_pose, num_joints,
+      aligned = align_lib.align_to_video(pose, video_for_pose, num_joints,
                                          opts.max_persons,
                                          opts.clamp_tolerance)
     except poses_lib.PoseFormatError as e:

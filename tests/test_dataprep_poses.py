@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from data_prep import align
 from data_prep import poses
 from data_prep import video as video_lib
 from tests.dataprep_fixtures import paab_json, realdata
@@ -28,7 +29,7 @@ def _pose(m, t, v=17, size=None):
 
 def test_align_scales_and_transposes():
   p = _pose(2, 6, size=(96, 128))
-  a = poses.align_to_video(p, _video(6, keep=[1, 4]), 17)
+  a = align.align_to_video(p, _video(6, keep=[1, 4]), 17)
   assert a.keypoint.shape == (2, 2, 17, 2) and a.score.shape == (2, 2, 17)
   # Stored frames are half size: x = (joint+1)/2, y = (frame+1)/2.
   np.testing.assert_allclose(a.keypoint[1, 0, 3], [2.0, 2.5])
@@ -41,7 +42,7 @@ def test_nan_and_negative_become_missing():
   p.keypoint[0, 1, 2] = np.nan
   p.keypoint[0, 2, 5, 0] = -3
   p.score[0, 3, 7] = np.nan
-  a = poses.align_to_video(p, _video(4, size=(96, 128)), 17)
+  a = align.align_to_video(p, _video(4, size=(96, 128)), 17)
   for t, v in ((1, 2), (2, 5), (3, 7)):
     assert a.score[t, 0, v] == 0 and (a.keypoint[t, 0, v] == 0).all()
   assert a.counts["nan_or_negative_joints"] == 3
@@ -50,7 +51,7 @@ def test_nan_and_negative_become_missing():
 
 def test_frame_count_mismatch_clamps_within_tolerance_then_drops():
   p = _pose(1, 10)  # 10 pose frames, video has 14.
-  a = poses.align_to_video(p, _video(14, size=(96, 128)), 17,
+  a = align.align_to_video(p, _video(14, size=(96, 128)), 17,
                            clamp_tolerance=2)
   # Frames 10, 11 reuse pose frame 9; frames 12, 13 have no pose.
   np.testing.assert_allclose(a.keypoint[10:12, 0, 0, 1], [10, 10])
@@ -65,7 +66,7 @@ def test_max_persons_keeps_highest_scores_in_slot_order():
   p.score[0] *= 0.2
   p.keypoint[1] += 100
   p.keypoint[2] += 200
-  a = poses.align_to_video(p, _video(2, size=(96, 128)), 17, max_persons=2)
+  a = align.align_to_video(p, _video(2, size=(96, 128)), 17, max_persons=2)
   assert a.keypoint.shape[1] == 2
   np.testing.assert_allclose(a.keypoint[0, :, 0, 0], [101, 201])
   assert a.counts["persons_dropped"] == 1
@@ -73,7 +74,7 @@ def test_max_persons_keeps_highest_scores_in_slot_order():
 
 def test_wrong_joint_count_is_an_error():
   with pytest.raises(poses.PoseFormatError, match="13 joints"):
-    poses.align_to_video(_pose(1, 2, v=13), _video(2), 17)
+    align.align_to_video(_pose(1, 2, v=13), _video(2), 17)
 
 
 def test_kinetics_compressed_is_one_based_and_filtered():
@@ -132,7 +133,7 @@ def test_real_pose_pickle_aligns_to_its_video():
   ann = data["annotations"][0]
   p = poses.from_mmaction(ann, "ntu60")
   v = _video(103, size=(256, 455), original=(1080, 1920))
-  a = poses.align_to_video(p, v, 17)
+  a = align.align_to_video(p, v, 17)
   assert a.keypoint.shape == (103, 1, 17, 2) and not a.warnings
   scale = np.array([455 / 1920, 256 / 1080])
   valid = a.score[:, 0] > 0
