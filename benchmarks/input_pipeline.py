@@ -84,8 +84,9 @@ class BenchRecords(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self):
     t = self.NUM_FRAMES
-    jpegs = [_jpeg(f) for f in _source_frames(t)]
-    h, w = _source_frames(1)[0].shape[:2]
+    frames = _source_frames(t)
+    jpegs = [_jpeg(f) for f in frames]
+    h, w = frames[0].shape[:2]
     rng = np.random.default_rng(0)
     for i in range(self.NUM_RECORDS):
       m = 1 + i % 2
@@ -142,18 +143,25 @@ def main():
   args = p.parse_args()
 
   BenchRecords.NUM_RECORDS, BenchRecords.NUM_FRAMES = args.records, args.frames
-  tmp = tempfile.mkdtemp(prefix="pgvt_bench_")
-  start = time.perf_counter()
-  builder = BenchRecords(data_dir=tmp, file_format="array_record")
-  builder.download_and_prepare()
-  size = sum(f.stat().st_size for f in pathlib.Path(builder.data_dir).glob(
-      "*.array_record*"))
-  print(f"wrote {args.records} records x {args.frames} frames "
-        f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f}s; "
-        f"frames from {'demo.mp4' if REALDATA.exists() else 'synthetic'}")
+  with tempfile.TemporaryDirectory(prefix="pgvt_bench_") as tmp:
+    start = time.perf_counter()
+    builder = BenchRecords(data_dir=tmp, file_format="array_record")
+    builder.download_and_prepare()
+    size = sum(f.stat().st_size for f in pathlib.Path(builder.data_dir).glob(
+        "*.array_record*"))
+    print(f"wrote {args.records} records x {args.frames} frames "
+          f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f}s; "
+          f"frames from {'demo.mp4' if REALDATA.exists() else 'synthetic'}")
+    results, cores = _measure(args, str(builder.data_dir))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(dict(
+        args=vars(args), cores=cores, results=results), indent=2))
 
+
+def _measure(args, builder_dir: str) -> tuple[list[dict], int]:
+  """Times each setting; prints a table."""
   cfg = data.get_config()
-  cfg.update(dict(builder_dir=str(builder.data_dir), num_frames=16,
+  cfg.update(dict(builder_dir=builder_dir, num_frames=16,
                   pose_frames=48, image_size=224, short_side=224,
                   train_split="train", eval_split="train",
                   train_batch_size=args.batch, eval_batch_size=args.batch,
@@ -186,9 +194,7 @@ def main():
                         clips_per_s_per_core=rate / used,
                         clips_per_cpu_second=per_cpu_s))
     print(f"{name:36s} {rate:8.1f} {rate / used:9.1f} {per_cpu_s:9.1f}")
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(dict(
-        args=vars(args), cores=cores, results=results), indent=2))
+  return results, cores
 
 
 def _cycle(cfg):
