@@ -27,8 +27,10 @@ Pose frames k*i .. k*(i+1)-1 (k = T_h / T_l) span video segment i.
 Records (from data_prep, or any random-access sequence of dicts in the same
 format; wrap it in `Source(records, skeleton, num_classes)`):
   frames (T, H, W, 3) uint8 (or T uint8 frames, or T JPEG byte strings),
-  keypoints (T, M, V, 2) float32 stored-frame pixels, keypoint_score
-  (T, M, V) float32 (0 = missing), label int, video_id str.
+  keypoints (T, M, V, 2) float32 in the stored frames' continuous pixel
+  coordinates (pixel i covers [i, i+1)), keypoint_score (T, M, V) float32
+  (0 = missing), label int, video_id str. The layout name comes from the
+  dataset metadata ("joint_layout") or config.data.skeleton.
 """
 
 from pgvt_jax.data.augment import CLIP_MEAN, CLIP_STD

@@ -63,10 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 64
   c.seed = 0
 
-  # Host-side parallelism. num_workers > 0 uses grain's multiprocessing
-  # (separate processes, no GIL contention); num_threads is the number of
-  # threads per process that decode and augment; prefetch is the number of
-  # batches buffered per process. num_workers = 0 runs in this process.
+  # Host-side parallelism (batches are identical for any setting).
+  # num_threads: threads per process that read, decode and augment (PIL and
+  # numpy release the GIL, so threads scale; 0 = in the calling thread).
+  # num_workers: grain worker processes (0 = none, all in this process).
+  # prefetch: batches buffered ahead per process.
   c.num_workers = 0
   c.num_threads = 2
   c.prefetch = 2

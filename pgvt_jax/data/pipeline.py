@@ -1,8 +1,11 @@
 """grain pipelines: records -> per-host batches (train: infinite, eval: one pass).
 
-  records --MapDataset.source--> [host shard] --seed/shuffle/repeat-->
-  random_map(ClipProcessor.train) --batch--> to_iter_dataset (threads)
-  --> mp_prefetch (processes, optional) --> DatasetIterator
+  train: MapDataset.range(num_records) -> [this host's indices] -> seed,
+         shuffle, repeat -> random_map(read record, ClipProcessor.train)
+         -> batch -> to_iter_dataset (threads) -> mp_prefetch (processes,
+         optional) -> DatasetIterator
+  eval:  MapDataset.range(this host's rows) -> map(row -> (video, view) or
+         padding) -> batch -> to_iter_dataset -> mp_prefetch
 
 Everything before `to_iter_dataset` is a MapDataset, so batch b is a pure
 function of (seed, b): the same batches come out for any number of threads or
@@ -25,7 +28,7 @@ from pgvt_jax.data import processing
 from pgvt_jax.data import sources
 
 
-def _process(process_index, process_count):
+def _process_index_count(process_index, process_count):
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
@@ -109,7 +112,7 @@ def train_dataset(cfg: ml_collections.ConfigDict,
                   process_count: int | None = None) -> grain.IterDataset:
   """Infinite training batches for this host (see `make_train_iterator`)."""
   source, processor = _prepare(cfg, source, cfg.train_split)
-  pi, pc = _process(process_index, process_count)
+  pi, pc = _process_index_count(process_index, process_count)
   batch = config_lib.per_host_batch_size(cfg.train_batch_size, pc,
                                          "train_batch_size")
   if len(source) < pc:
@@ -156,7 +159,7 @@ def eval_dataset(cfg: ml_collections.ConfigDict,
   are adjacent).
   """
   source, processor = _prepare(cfg, source, cfg.eval_split)
-  pi, pc = _process(process_index, process_count)
+  pi, pc = _process_index_count(process_index, process_count)
   gb = cfg.eval_batch_size
   batch = config_lib.per_host_batch_size(gb, pc, "eval_batch_size")
   num_rows = len(source) * processor.num_views
