@@ -84,6 +84,15 @@ def test_eval_views_keypoints_on_dots(crops):
   assert checked > 0
 
 
+def test_short_side_zero_means_image_size():
+  rec = _dot_record()
+  a = data.ClipProcessor(_config(short_side=0), skeletons.COCO17).view(rec, 0, 1)
+  b = data.ClipProcessor(_config(short_side=32), skeletons.COCO17).view(rec, 0, 1)
+  c = data.ClipProcessor(_config(short_side=64), skeletons.COCO17).view(rec, 0, 1)
+  np.testing.assert_array_equal(a["frames"], b["frames"])
+  assert not np.array_equal(a["frames"], c["frames"])  # a tighter crop
+
+
 def test_transform_keypoints_reference():
   kp = np.array([[[[10., 20.], [70., 5.], [30., 30.]]]], np.float32)  # T,M,V
   score = np.array([[[0.9, 0.9, 0.05]]], np.float32)

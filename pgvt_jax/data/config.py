@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 0.08-1, aspect 3/4-4/3) + flip; eval = resize short side to `short_side`,
   # then `eval_crops` crops of image_size (1 = centre, 3 = both ends + centre).
   c.image_size = 224       # S
-  c.short_side = 224       # eval resize of the short side before cropping
+  c.short_side = 0         # eval resize of the short side; 0 = image_size
   c.crop_area = (0.08, 1.0)
   c.crop_aspect = (3 / 4, 4 / 3)
   c.flip = True            # horizontal flip with p=0.5, swaps left/right joints
@@ -79,8 +79,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   def fail(field, msg):
     raise ValueError(f"config.data.{field}: {msg}")
 
-  for f in ("num_frames", "pose_frames", "image_size", "short_side",
-            "max_persons", "train_batch_size", "eval_batch_size",
+  for f in ("num_frames", "pose_frames", "image_size", "max_persons", "train_batch_size", "eval_batch_size",
             "eval_clips", "eval_crops", "heatmap_size"):
     if int(cfg[f]) <= 0:
       fail(f, f"must be a positive integer, got {cfg[f]!r}")
@@ -91,7 +90,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     fail("pose_format", f"{cfg.pose_format!r} is not one of {POSE_FORMATS}")
   if cfg.eval_crops not in (1, 3):
     fail("eval_crops", f"must be 1 (centre) or 3, got {cfg.eval_crops}")
-  if cfg.short_side < cfg.image_size:
+  if cfg.short_side < 0:
+    fail("short_side", f"must be >= 0 (0 = image_size), got {cfg.short_side}")
+  if cfg.short_side and cfg.short_side < cfg.image_size:
     fail("short_side", f"{cfg.short_side} is smaller than image_size "
          f"{cfg.image_size}: the eval crop would not fit")
   lo, hi = cfg.crop_area

@@ -115,7 +115,8 @@ class ClipProcessor:
     vidx, pidx = sampling.sample_aligned(
         frames.count, cfg.num_frames, cfg.pose_frames, clip=clip,
         num_clips=cfg.eval_clips)
-    box = augment.eval_crop_boxes(frames.height, frames.width, cfg.short_side,
+    box = augment.eval_crop_boxes(frames.height, frames.width,
+                                  cfg.short_side or cfg.image_size,
                                   cfg.image_size, cfg.eval_crops)[crop]
     ex = self._example(record, index, frames, kp, score, vidx, pidx, box,
                        False)
