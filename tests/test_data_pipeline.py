@@ -143,15 +143,26 @@ def test_eval_covers_every_video_view_once_with_padding(eval_src, clips, crops,
   _assert_same(again[0], batches[0])
 
 
-def test_multi_host_shards_are_disjoint_and_complete(train_src, eval_src):
-  seen = []
-  for p in range(2):
-    it = data.make_train_iterator(_config(train_batch_size=2), train_src,
-                                  process_index=p, process_count=2)
-    assert next(it)["frames"].shape[0] == 1  # per-host = global // 2
-    seen.append({int(next(it)["video_index"][0]) for _ in range(8)})
-  assert seen[0].isdisjoint(seen[1])
-  assert seen[0] | seen[1] == set(range(N_TRAIN))
+def test_multi_host_batches_together_equal_the_one_host_batches(train_src,
+                                                                 eval_src):
+  """Host p's rows of global batch b are rows p*B..(p+1)*B-1 of the 1-host
+  batch b, augmentation draws included: any host count trains on the same
+  global batches."""
+  cfg = _config(train_batch_size=4)
+  one = _take(data.make_train_iterator(cfg, train_src), 3)
+  hosts = [_take(data.make_train_iterator(cfg, train_src, process_index=p,
+                                          process_count=2), 3)
+           for p in range(2)]
+  for b in range(3):
+    assert hosts[0][b]["frames"].shape[0] == 2  # per-host = global // 2
+    joined = {k: np.concatenate([hosts[0][b][k], hosts[1][b][k]])
+              for k in one[b]}
+    _assert_same(joined, one[b])
+  # Each epoch of the global order visits every record once.
+  epoch = [int(v) for x in _take(data.make_train_iterator(
+      _config(train_batch_size=1), train_src), N_TRAIN)
+           for v in x["video_index"]]
+  assert sorted(epoch) == list(range(N_TRAIN))
 
   cfg = _config(eval_batch_size=4, eval_crops=3)
   rows, counts = [], []

@@ -1,15 +1,16 @@
 """grain pipelines: records -> per-host batches (train: infinite, eval: one pass).
 
-  train: MapDataset.range(num_records) -> [this host's indices] -> seed,
-         shuffle, repeat -> random_map(read record, ClipProcessor.train)
-         -> batch -> to_iter_dataset (threads) -> mp_prefetch (processes,
-         optional) -> DatasetIterator
+  train: MapDataset.range(num_records) -> seed, shuffle, repeat (one global
+         order) -> random_map(read record, ClipProcessor.train) -> this
+         host's slice of each global batch -> batch -> to_iter_dataset
+         (threads) -> mp_prefetch (processes, optional) -> DatasetIterator
   eval:  MapDataset.range(this host's rows) -> map(row -> (video, view) or
          padding) -> batch -> to_iter_dataset -> mp_prefetch
 
-Everything before `to_iter_dataset` is a MapDataset, so batch b is a pure
-function of (seed, b): the same batches come out for any number of threads or
-worker processes, and the iterator state (get_state/set_state, or orbax
+Everything before `to_iter_dataset` is a MapDataset, so global batch b is a
+pure function of (seed, b): the same global batches come out for any number of
+threads, worker processes or hosts (a 2-host run trains on exactly the batches
+of a 1-host run), and the iterator state (get_state/set_state, or orbax
 `grain.checkpoint.CheckpointSave/Restore`) is just a position.
 """
 
@@ -36,11 +37,6 @@ def _process_index_count(process_index, process_count):
   return process_index, process_count
 
 
-def _host_seed(seed: int, process_index: int) -> int:
-  """Hosts see different records, and draw different augmentations."""
-  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-
-
 class _TrainMap(grain.transforms.RandomMap):
   """Record index -> augmented training example."""
 
@@ -55,7 +51,7 @@ class _TrainMap(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class _HostRow(grain.transforms.Map):
-  """k-th eval row of host p -> global row (its slice of each batch)."""
+  """k-th row of host p -> global row (host p's slice of each global batch)."""
   per_host: int
   global_batch: int
   process_index: int
@@ -124,11 +120,15 @@ def train_dataset(cfg: ml_collections.ConfigDict,
                      "(horizontal_flip_safe=False); set config.data.flip=False")
   # Indices, not records, are shuffled: the record is read (and its frames
   # decoded) only inside the map, in the prefetch threads/workers.
-  ds = grain.MapDataset.range(len(source))
-  ds = ds[pi::pc]  # this host's records: disjoint, together all of them
-  ds = ds.seed(_host_seed(cfg.seed, pi)).shuffle().repeat(None)
-  # Draws depend only on (seed, position in the repeated sequence).
-  ds = ds.random_map(_TrainMap(processor, source.records))
+  order = grain.MapDataset.range(len(source)).seed(cfg.seed).shuffle()
+  # Draws depend only on (seed, position in the global repeated sequence).
+  examples = order.repeat(None).random_map(
+      _TrainMap(processor, source.records))
+  # Host p reads rows p*B .. (p+1)*B-1 of every global batch of G = P*B rows:
+  # disjoint across hosts, together exactly the 1-host batches.
+  num_rows = (len(examples) // cfg.train_batch_size) * batch
+  ds = grain.MapDataset.range(num_rows).map(
+      _HostRow(batch, cfg.train_batch_size, pi)).map(examples.__getitem__)
   ds = ds.batch(batch, drop_remainder=True)
   return _finish(ds, cfg)
 
