@@ -1,0 +1,187 @@
+"""`config.model`: the fields every model variant reads, their defaults and their validation.
+
+Experiment configs (configs/*.py) build `config.model` with `model_config(**overrides)`; the
+model is built from the validated, immutable `ModelConfig.from_config(config.model)`. Every error
+names the field as it appears on the command line (`config.model.pose_frames`).
+
+Variants (PGVT Table 4; each is a switch on the same code, see `STREAMS`):
+
+  video_only             AIM on T_l video frames                        (Table 4 row 2)
+  pose_only              AIM on T_h frames of pose tokens               (row 1, Table 6)
+  late_fusion            pose_only + video_only, features concatenated  (row 3)
+  pgvt_no_temporal       PGVT without the Pose Temporal Attention T     (row 4)
+  pgvt_two_adapters      R-Adapter replaced by the two S-Adapters only  (row 5)
+  pgvt_no_refined_pose   R-Adapter refines the video stream only        (row 6i)
+  pgvt_no_refined_video  R-Adapter refines the pose stream only         (row 6ii)
+  pgvt                   the full model, Eq. 1-5                        (row 7)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import jax.numpy as jnp
+import ml_collections
+
+from pgvt_jax.models import clip_vit
+
+
+@dataclasses.dataclass(frozen=True)
+class Streams:
+  """What a variant computes.
+
+  pose / video:       the stream exists (its embedding, adapters, ln_post, head input).
+  pose_temporal:      Eq. 1 (frozen attention over the T_h pose frames + T-Adapter).
+  video_temporal:     AIM's temporal adaptation of the video tokens (AIM baseline only).
+  refine_pose:        Eq. 3 top row: pose queries attend to video keys/values.
+  refine_video:       Eq. 3 bottom row: video queries attend to pose keys/values.
+  """
+  pose: bool
+  video: bool
+  pose_temporal: bool
+  video_temporal: bool
+  refine_pose: bool = False
+  refine_video: bool = False
+
+  @property
+  def refine(self) -> bool:
+    return self.refine_pose or self.refine_video
+
+
+_BOTH = dict(pose=True, video=True, video_temporal=False)
+STREAMS: dict[str, Streams] = {
+    "video_only": Streams(pose=False, video=True, pose_temporal=False, video_temporal=True),
+    "pose_only": Streams(pose=True, video=False, pose_temporal=True, video_temporal=False),
+    "late_fusion": Streams(pose=True, video=True, pose_temporal=True, video_temporal=True),
+    "pgvt_no_temporal": Streams(**_BOTH, pose_temporal=False, refine_pose=True,
+                                refine_video=True),
+    "pgvt_two_adapters": Streams(**_BOTH, pose_temporal=True),
+    "pgvt_no_refined_pose": Streams(**_BOTH, pose_temporal=True, refine_video=True),
+    "pgvt_no_refined_video": Streams(**_BOTH, pose_temporal=True, refine_pose=True),
+    "pgvt": Streams(**_BOTH, pose_temporal=True, refine_pose=True, refine_video=True),
+}
+VARIANTS = tuple(STREAMS)
+POSE_FORMATS = ("coords", "heatmap")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Validated model hyper-parameters (hashable, so it can be a Flax module field)."""
+  variant: str = "pgvt"
+  backbone: str = "B/16"            # clip_vit preset: "B/16", "L/14", ... "Ti/8" (tests)
+  image_size: Optional[int] = None  # S; None: the preset's (224). Pos. embedding resized on load.
+  pose_frames: int = 48             # T_h
+  video_frames: int = 16            # T_l
+  num_classes: int = 48
+  joints_per_person: int = 17       # j (COCO-17)
+  num_persons: int = 1              # n; the model sees J = j * n joints per frame
+  pose_format: str = "coords"       # "coords" (B,T_h,J,2) | "heatmap" (B,T_h,Hh,Hh,J) (Table 6)
+  heatmap_size: int = 112           # Hh
+  heatmap_patch_size: Optional[int] = None  # None: the backbone's patch size
+  pose_embed_hidden: Optional[int] = None   # hidden size of the coordinate MLP; None: width
+  adapter_ratio: float = 0.25       # AIM bottleneck d -> d * ratio -> d
+  adapter_scale: float = 0.5        # s_P = s_Z of Eq. 5 (AIM's MLP-Adapter scale)
+  refine_heads: Optional[int] = None  # heads of the R-Adapter; None: the backbone's (d_k = 64)
+  drop_path: float = 0.2            # stochastic depth, linear 0 -> drop_path over blocks
+  dropout: float = 0.5              # before the linear head
+  dtype: str = "float32"            # compute dtype; params stay float32
+  remat: bool = False               # rematerialise each block in the backward pass
+
+  def __post_init__(self):
+    def fail(field, msg):
+      raise ValueError(f"config.model.{field}={getattr(self, field)!r}: {msg}")
+
+    if self.variant not in STREAMS:
+      fail("variant", f"expected one of {list(VARIANTS)}")
+    if self.backbone not in clip_vit.PRESETS:
+      fail("backbone", f"expected one of {sorted(clip_vit.PRESETS)}")
+    for f in ("pose_frames", "video_frames", "num_classes", "joints_per_person", "num_persons",
+              "heatmap_size"):
+      if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
+        fail(f, "must be a positive integer")
+    for f in ("image_size", "heatmap_patch_size", "pose_embed_hidden", "refine_heads"):
+      v = getattr(self, f)
+      if v is not None and (not isinstance(v, int) or v <= 0):
+        fail(f, "must be a positive integer or None")
+    if self.pose_format not in POSE_FORMATS:
+      fail("pose_format", f"expected one of {list(POSE_FORMATS)}")
+    if self.dtype not in DTYPES:
+      fail("dtype", f"expected one of {sorted(DTYPES)}")
+    if not 0 < self.adapter_ratio <= 4:
+      fail("adapter_ratio", "expected 0 < ratio <= 4")
+    if not 0 <= self.drop_path < 1:
+      fail("drop_path", "expected 0 <= drop_path < 1")
+    if not 0 <= self.dropout < 1:
+      fail("dropout", "expected 0 <= dropout < 1")
+    s = self.streams
+    if s.refine and self.pose_frames % self.video_frames:
+      # FC_down / FC_up pair pose frames k*t .. k*t+k-1 with video frame t (the data pipeline
+      # samples k = T_h / T_l pose frames per video segment).
+      fail("pose_frames", f"T_h must be a multiple of config.model.video_frames "
+           f"(T_l={self.video_frames}) for variant {self.variant!r} (R-Adapter)")
+    try:
+      clip = self.clip
+    except ValueError as e:  # image_size not a multiple of the patch size
+      raise ValueError(f"config.model.image_size={self.image_size!r}: {e}") from None
+    if self.refine_heads is not None and clip.width % self.refine_heads:
+      fail("refine_heads", f"must divide the backbone width {clip.width}")
+    if s.pose and self.pose_format == "heatmap" and self.heatmap_size % self.heatmap_patch:
+      fail("heatmap_size", f"must be a multiple of the heatmap patch size {self.heatmap_patch}")
+
+  # ------------------------------------------------------------------ derived
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any] | "ModelConfig") -> "ModelConfig":
+    """From `config.model` (ConfigDict or dict); unknown fields are an error."""
+    if isinstance(cfg, ModelConfig):
+      return cfg
+    d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"config.model has unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  @property
+  def streams(self) -> Streams:
+    return STREAMS[self.variant]
+
+  @property
+  def clip(self) -> clip_vit.ClipVitConfig:
+    kw = {} if self.image_size is None else {"image_size": self.image_size}
+    return clip_vit.get_config(self.backbone, **kw)
+
+  @property
+  def num_joints(self) -> int:
+    """J = j * n (the paper's multi-person convention, Sec. 4)."""
+    return self.joints_per_person * self.num_persons
+
+  @property
+  def heatmap_patch(self) -> int:
+    return self.heatmap_patch_size or clip_vit.get_config(self.backbone).patch_size
+
+  @property
+  def pose_tokens(self) -> int:
+    """N_P: tokens per pose frame, CLS included (J + 1 for coordinates)."""
+    if self.pose_format == "coords":
+      return self.num_joints + 1
+    return (self.heatmap_size // self.heatmap_patch) ** 2 + 1
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """`config.model` with every field at its default, validated after `overrides`."""
+  cfg = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
+  for k, v in overrides.items():
+    if k not in cfg:
+      raise ValueError(f"config.model has no field {k!r}; known: {sorted(cfg)}")
+    cfg[k] = v
+  ModelConfig.from_config(cfg)  # validate now: a bad experiment config fails at load time
+  return cfg

@@ -1,0 +1,66 @@
+"""Pose Embedding layer (Sec. 3.2, Fig. 1): pose input -> pose tokens `(B, T_h, N_P, D)`.
+
+Two input forms (Table 6):
+  coords   batch["pose"] (B, T_h, J, 2) in [0, 1] crop coordinates, batch["pose_mask"] (B, T_h, J)
+           -> a trainable MLP (2 -> hidden -> D, exact GELU) per joint: N_P = J + 1 tokens.
+           Masked joints (mask 0: not detected, low score, outside the crop) get a learned
+           `missing_embedding` instead of the MLP of their (meaningless) coordinates, so the
+           model can tell "no joint" from "a joint at (0, 0)"; their joint identity still comes
+           from the positional embedding.
+  heatmap  batch["pose_heatmap"] (B, T_h, Hh, Hh, J), one channel per joint (PoseC3D style)
+           -> a trainable conv patch embedding (kernel = stride = p): N_P = (Hh/p)^2 + 1 tokens.
+           pose_mask is not used: a missing joint already has an empty heatmap.
+Then, as for CLIP's image tokens: a learned CLS token is prepended to every frame, a learned
+positional embedding (N_P, D) marks the joint (or patch), and AIM's temporal embedding (T_h, D),
+zero-initialised, marks the frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from pgvt_jax.models.adapters import trunc_normal
+from pgvt_jax.models.clip_vit import exact_gelu
+
+Array = jax.Array
+
+
+class PoseEmbedding(nn.Module):
+  """Returns pose tokens `(B, T_h, N_P, D)`, CLS at index 0 of each frame (before ln_pre)."""
+  width: int
+  frames: int                 # T_h
+  num_joints: int             # J = joints per person * persons
+  pose_format: str = "coords"
+  hidden: int = 0             # coordinate MLP hidden size; 0: width
+  heatmap_size: int = 112
+  patch_size: int = 16
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, batch: Mapping[str, Array]) -> Array:
+    d = self.width
+    if self.pose_format == "coords":
+      pose = batch["pose"].astype(self.dtype or jnp.float32)  # (B, T_h, J, 2)
+      h = nn.Dense(self.hidden or d, kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(pose)
+      x = nn.Dense(d, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(exact_gelu(h))
+      missing = self.param("missing_embedding", trunc_normal, (d,))
+      mask = batch.get("pose_mask")
+      if mask is not None:
+        x = jnp.where(mask[..., None] > 0, x, missing.astype(x.dtype))
+    else:
+      hm = batch["pose_heatmap"].astype(self.dtype or jnp.float32)  # (B, T_h, Hh, Hh, J)
+      b, t = hm.shape[:2]
+      p = self.patch_size
+      x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                  name="patch_embed")(hm.reshape((b * t,) + hm.shape[2:]))
+      x = x.reshape((b, t, -1, d))  # (B, T_h, g*g, D), row-major patches
+    b, t, n = x.shape[:3]
+    cls = self.param("class_embedding", nn.initializers.normal(d ** -0.5), (d,))
+    pos = self.param("positional_embedding", trunc_normal, (n + 1, d))
+    temporal = self.param("temporal_embedding", nn.initializers.zeros, (self.frames, d))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, t, 1, d)), x], axis=2)
+    return x + pos.astype(x.dtype) + temporal.astype(x.dtype)[:, None]

@@ -1,0 +1,229 @@
+"""PGVT (Pose-Guided Video Transformer) and the AIM baselines, as one configurable Flax model.
+
+    model = pgvt.create_model(config.model)
+    params = pgvt.init_params(model, jax.random.key(0))          # then common.load_clip(...)
+    logits, out = model.apply({"params": params}, batch, train=True,
+                              rngs={"dropout": k1, "drop_path": k2})
+
+Batch (from pgvt_jax.data): frames (B, T_l, S, S, 3) CLIP-normalised; pose (B, T_h, J, 2) in
+[0, 1]; pose_mask (B, T_h, J) optional (default: all joints present); pose_heatmap
+(B, T_h, Hh, Hh, J) for pose_format="heatmap". Streams a variant does not use are not read.
+
+The frozen CLIP weights live at the same paths as in `clip_vit.ClipVisionTransformer`
+(conv1, class_embedding, positional_embedding, ln_pre, resblocks_{i}/{ln_1,attn,ln_2,mlp}) and
+are shared by the pose and the video stream ("T-Attn and S-Attn share weights and are frozen").
+Trainable additions per block (resblocks_{i}/...):
+  T_Adapter, S_Adapter, MLP_Adapter               video stream (AIM names)
+  T_Adapter_pose, S_Adapter_pose, MLP_Adapter_pose pose stream
+  R_Adapter                                        Refining Adapter (Eq. 2-3)
+and at the top: temporal_embedding (video), pose_embed/..., ln_post (video), ln_post_pose, head.
+
+Equation -> code: Eq. 1 `PoseVideoBlock.temporal`; Eq. 2-3 `adapters.RefiningAdapter`;
+Eq. 4 `PoseVideoBlock.spatial`; Eq. 5 `PoseVideoBlock.output`; Joint Prediction
+`PoseVideoTransformer.__call__`. See docs/models.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from pgvt_jax.models import clip_vit
+from pgvt_jax.models.adapters import Adapter, RefiningAdapter
+from pgvt_jax.models.config import ModelConfig
+from pgvt_jax.models.embeddings import PoseEmbedding
+
+Array = jax.Array
+MaybeArray = Optional[Array]
+
+
+class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
+  """One PGVT block (or AIM block) on pose tokens P `(B, T_h, N_P, D)` and video tokens
+  Z `(B, T_l, N_Z, D)`; either may be None when the variant has no such stream.
+
+  The frozen ln_1/attn/ln_2/mlp of the CLIP block are applied to both streams.
+  """
+  model: ModelConfig = ModelConfig()
+  drop_path_rate: float = 0.0
+
+  def setup(self):
+    super().setup()
+    m, s = self.model, self.model.streams
+    adapter = lambda skip: Adapter(m.adapter_ratio, skip=skip, dtype=self.dtype)
+    if s.video:
+      if s.video_temporal:
+        self.T_Adapter = adapter(skip=False)
+      self.S_Adapter = adapter(skip=True)
+      self.MLP_Adapter = adapter(skip=False)
+    if s.pose:
+      if s.pose_temporal:
+        self.T_Adapter_pose = adapter(skip=False)
+      self.S_Adapter_pose = adapter(skip=True)
+      self.MLP_Adapter_pose = adapter(skip=False)
+    if s.refine:
+      self.R_Adapter = RefiningAdapter(
+          m.pose_frames, m.video_frames, heads=m.refine_heads or self.config.heads,
+          refine_pose=s.refine_pose, refine_video=s.refine_video, dtype=self.dtype)
+    # Stochastic depth per (sample, frame), as AIM's DropPath on (B*T)-batched frames.
+    self.drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(2, 3),
+                                rng_collection="drop_path")
+
+  def temporal(self, x: Array, adapter: nn.Module, train: bool) -> Array:
+    """Eq. 1 (and AIM's temporal adaptation): x + Adapter(T-Attn(x)).
+
+    T-Attn is the frozen LN + MSA applied along time: for each token position n (CLS
+    included) the T frames attend to each other. `(B, T, N, D) -> (B, T, N, D)`.
+    """
+    xt = self.attention(jnp.swapaxes(x, 1, 2))           # (B, N, T, D)
+    xt = jnp.swapaxes(adapter(xt), 1, 2)
+    return x + self.drop_path(xt, deterministic=not train)
+
+  def spatial(self, p: MaybeArray, z: MaybeArray) -> tuple[MaybeArray, MaybeArray]:
+    """Pose-Video Spatial Attention S, Eq. 2-4.
+
+    S-Attn (frozen LN + MSA within each frame) per stream, followed by that stream's AIM
+    S-Adapter (with skip): x_P = S_Adapter_pose(S-Attn(P^T)), x_Z = S_Adapter(S-Attn(Z)).
+    The R-Adapter (Eq. 2-3) then refines x_P, x_Z across modalities. Eq. 4 adds the block input.
+    """
+    x_p = self.S_Adapter_pose(self.attention(p)) if p is not None else None
+    x_z = self.S_Adapter(self.attention(z)) if z is not None else None
+    if self.model.streams.refine:
+      x_p, x_z = self.R_Adapter(x_p, x_z)                 # Eq. 2-3
+    p = p + x_p if p is not None else None                # Eq. 4: P^S = P^T + P^R
+    z = z + x_z if z is not None else None                # Eq. 4: Z^S = Z + Z^R
+    return p, z
+
+  def output(self, x: Array, adapter: nn.Module, train: bool) -> Array:
+    """Eq. 5: x + MLP(LN(x)) + s * Adapter(LN(x)), frozen LN/MLP, s = adapter_scale."""
+    xn = self.ln_2(x).astype(self.dtype or x.dtype)
+    a = self.model.adapter_scale * adapter(xn)
+    return x + self.mlp(xn) + self.drop_path(a, deterministic=not train)
+
+  def __call__(self, p: MaybeArray, z: MaybeArray, train: bool = False):
+    s = self.model.streams
+    if p is not None and s.pose_temporal:
+      p = self.temporal(p, self.T_Adapter_pose, train)    # Eq. 1: P^T
+    if z is not None and s.video_temporal:
+      z = self.temporal(z, self.T_Adapter, train)         # AIM only; PGVT has no video T
+    p, z = self.spatial(p, z)                             # Eq. 2-4
+    if p is not None:
+      p = self.output(p, self.MLP_Adapter_pose, train)    # Eq. 5 top
+    if z is not None:
+      z = self.output(z, self.MLP_Adapter, train)         # Eq. 5 bottom
+    return p, z
+
+
+def check_batch(m: ModelConfig, batch: Mapping[str, Any]) -> None:
+  """Raises ValueError naming the batch key and the config field when shapes disagree."""
+  s, clip = m.streams, m.clip
+
+  def need(key, shape, fields):
+    if key not in batch:
+      raise ValueError(f"batch has no {key!r} (variant {m.variant!r} needs it); "
+                       f"keys: {sorted(batch)}")
+    got = tuple(batch[key].shape)
+    if len(got) != len(shape) + 1 or any(e is not None and g != e for g, e in zip(got[1:], shape)):
+      want = "(B, " + ", ".join("?" if e is None else str(e) for e in shape) + ")"
+      raise ValueError(f"batch[{key!r}] has shape {got}; expected {want} from {fields}")
+
+  if s.video:
+    need("frames", (m.video_frames, clip.image_size, clip.image_size, 3),
+         "config.model.video_frames (T_l) and config.model.image_size")
+  if s.pose and m.pose_format == "coords":
+    need("pose", (m.pose_frames, m.num_joints, 2), "config.model.pose_frames (T_h) and "
+         f"config.model.joints_per_person x num_persons (J={m.num_joints})")
+    if "pose_mask" in batch:
+      need("pose_mask", (m.pose_frames, m.num_joints), "config.model.pose_frames and J")
+  if s.pose and m.pose_format == "heatmap":
+    need("pose_heatmap", (m.pose_frames, m.heatmap_size, m.heatmap_size, m.num_joints),
+         "config.model.pose_frames, heatmap_size and joints_per_person x num_persons")
+
+
+class PoseVideoTransformer(nn.Module):
+  """PGVT / AIM on a frozen CLIP ViT. `__call__(batch, train) -> (logits (B, C), out)`.
+
+  out: `feature` (B, D or 2D) the head's input; `pose_cls` (B, T_h, D) / `video_cls`
+  (B, T_l, D) the per-frame ln_post(CLS) of each stream present.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, batch: Mapping[str, Array], *, train: bool = False):
+    m, s, clip = self.config, self.config.streams, self.config.clip
+    dtype = m.compute_dtype
+    check_batch(m, batch)
+    ln_pre = clip_vit.layer_norm("ln_pre")  # frozen, applied to both streams' input tokens
+    p = z = None
+    if s.video:
+      frames = batch["frames"].astype(dtype)                         # (B, T_l, S, S, 3)
+      b, t = frames.shape[:2]
+      z = clip_vit.patch_embed_and_pos(self, clip, frames.reshape((b * t,) + frames.shape[2:]),
+                                       dtype)
+      z = z.reshape((b, t) + z.shape[1:])                            # (B, T_l, N_Z, D)
+      temporal = self.param("temporal_embedding", nn.initializers.zeros, (t, clip.width))
+      z = ln_pre(z + temporal.astype(z.dtype)[:, None]).astype(dtype)  # AIM: before ln_pre
+    if s.pose:
+      p = PoseEmbedding(clip.width, m.pose_frames, m.num_joints, m.pose_format,
+                        hidden=m.pose_embed_hidden or 0, heatmap_size=m.heatmap_size,
+                        patch_size=m.heatmap_patch, dtype=dtype, name="pose_embed")(batch)
+      p = ln_pre(p).astype(dtype)                                    # (B, T_h, N_P, D)
+
+    block = nn.remat(PoseVideoBlock, static_argnums=(3,)) if m.remat else PoseVideoBlock
+    rates = np.linspace(0.0, m.drop_path, clip.layers)  # AIM/timm: linear in depth
+    for i in range(clip.layers):
+      p, z = block(clip, dtype=dtype, model=m, drop_path_rate=float(rates[i]),
+                   name=f"resblocks_{i}")(p, z, train)
+
+    # Joint Prediction: per stream, ln_post of each frame's CLS, mean over frames; concatenate.
+    out, feats = {}, []
+    if s.pose:
+      out["pose_cls"] = clip_vit.layer_norm("ln_post_pose")(p[:, :, 0]).astype(jnp.float32)
+      feats.append(out["pose_cls"].mean(1))
+    if s.video:
+      out["video_cls"] = clip_vit.layer_norm("ln_post")(z[:, :, 0]).astype(jnp.float32)
+      feats.append(out["video_cls"].mean(1))
+    out["feature"] = jnp.concatenate(feats, axis=-1)
+    x = nn.Dropout(m.dropout)(out["feature"], deterministic=not train)
+    logits = nn.Dense(m.num_classes, kernel_init=nn.initializers.normal(0.01),
+                      name="head")(x)  # AIM's I3DHead: fc_cls std 0.01, bias 0
+    return logits, out
+
+
+def create_model(config) -> PoseVideoTransformer:
+  """From `config.model` (ConfigDict, dict or ModelConfig); validates every field."""
+  return PoseVideoTransformer(ModelConfig.from_config(config))
+
+
+def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
+  """The batch a variant reads, as ShapeDtypeStructs (for init, eval_shape, FLOPs)."""
+  m = ModelConfig.from_config(config)
+  s, size = m.streams, m.clip.image_size
+  f32 = lambda *shape: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
+  spec = {}
+  if s.video:
+    spec["frames"] = f32(m.video_frames, size, size, 3)
+  if s.pose and m.pose_format == "coords":
+    spec["pose"] = f32(m.pose_frames, m.num_joints, 2)
+    spec["pose_mask"] = f32(m.pose_frames, m.num_joints)
+  if s.pose and m.pose_format == "heatmap":
+    spec["pose_heatmap"] = f32(m.pose_frames, m.heatmap_size, m.heatmap_size, m.num_joints)
+  return spec
+
+
+def dummy_batch(config, batch_size: int = 1) -> dict[str, jax.Array]:
+  return {k: jnp.zeros(v.shape, v.dtype) for k, v in input_spec(config, batch_size).items()}
+
+
+def init_params(model: PoseVideoTransformer, rng: jax.Array) -> dict:
+  """Randomly initialised params (CLIP parts random too; see common.load_clip)."""
+  return jax.jit(model.init)(rng, dummy_batch(model.config))["params"]
+
+
+def param_shapes(model: PoseVideoTransformer) -> dict:
+  """Param tree of ShapeDtypeStructs, without computing anything."""
+  spec = input_spec(model.config)
+  return jax.eval_shape(model.init, jax.random.key(0), spec)["params"]

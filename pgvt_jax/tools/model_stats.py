@@ -1,0 +1,85 @@
+r"""Parameter and GFLOPs accounting of a model config, in the PGVT paper's convention.
+
+    python -m pgvt_jax.tools.model_stats --config=configs/diving48.py \
+        [--config.model.variant=video_only] [--json]
+
+Tunable = params the optimiser updates (models.common.param_labels), total = all params the
+model holds (the frozen CLIP tower without `proj`, plus the tunable ones). GFLOPs = multiply-adds
+/ 1e9 of one forward pass on one view (batch 1, eval mode), counted from the jaxpr (fvcore
+convention, see tools/flops.py). Shapes only: no weights, nothing executed; seconds on a CPU.
+With --json one JSON object is printed: tunable_params, total_params, frozen_params, gflops,
+and the model config.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+
+
+def model_stats(model_cfg) -> dict:
+  """{"tunable_params", "frozen_params", "total_params", "gflops", "groups", ...} of a config."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from pgvt_jax.models import common, pgvt
+  from pgvt_jax.models.config import ModelConfig
+  from pgvt_jax.tools import flops
+
+  m = ModelConfig.from_config(model_cfg)
+  model = pgvt.PoseVideoTransformer(m)
+  shapes = pgvt.param_shapes(model)
+  trainable, frozen = common.split_params(shapes)
+  macs = flops.count_macs(lambda p, b: model.apply({"params": p}, b), shapes,
+                          pgvt.input_spec(m))
+  # Tunable params by top-level group / adapter kind, for the docs' breakdowns.
+  groups = collections.Counter()
+  for path, leaf in common.flatten(trainable).items():
+    parts = path.split("/")
+    key = parts[1] if parts[0].startswith("resblocks_") else parts[0]
+    groups[key] += int(leaf.size)
+  del jax
+  return {
+      "variant": m.variant, "backbone": m.backbone, "pose_format": m.pose_format,
+      "pose_frames": m.pose_frames, "video_frames": m.video_frames,
+      "tunable_params": common.count(trainable), "frozen_params": common.count(frozen),
+      "total_params": common.count(shapes), "gflops": macs["total"] / 1e9,
+      "tunable_by_group": dict(sorted(groups.items())),
+  }
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")  # tracing only; keep XLA:CPU's einsum attention
+  config = _CONFIG.value
+  stats = model_stats(config.model)
+  if _JSON.value:
+    stats["model_config"] = config.model.to_dict()
+    print(json.dumps(stats))
+    return
+  s = stats
+  frames = {"video_only": f"{s['video_frames']}", "pose_only": f"{s['pose_frames']}"}.get(
+      s["variant"], f"{s['pose_frames']}+{s['video_frames']}")
+  print(f"variant {s['variant']}  backbone ViT-{s['backbone']}  pose {s['pose_format']}  "
+        f"frames {frames}")
+  print(f"  tunable params  {s['tunable_params']:>13,d}  ({s['tunable_params'] / 1e6:.2f}M)")
+  print(f"  frozen params   {s['frozen_params']:>13,d}  ({s['frozen_params'] / 1e6:.2f}M)")
+  print(f"  total params    {s['total_params']:>13,d}  ({s['total_params'] / 1e6:.2f}M)")
+  print(f"  GFLOPs / view   {s['gflops']:>13.1f}  (multiply-adds, fvcore convention)")
+  print("  tunable by group:")
+  for k, v in s["tunable_by_group"].items():
+    print(f"    {k:<20s} {v:>12,d}")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
