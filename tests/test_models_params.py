@@ -93,6 +93,11 @@ def test_load_clip_is_strict():
   bad = dict(clip, **{"resblocks_0/mlp/c_fc/bias": np.zeros(7, np.float32)})
   with pytest.raises(ValueError, match=r"shape mismatch.*resblocks_0/mlp/c_fc/bias"):
     common.load_clip(m, init, common.unflatten(bad))
+  # The activation is not visible in the weights: the checkpoint's config is checked.
+  with pytest.raises(ValueError, match=r"activation.*quick_gelu.*gelu"):
+    common.load_clip(m, init, common.unflatten(clip), m.clip.replace(activation="gelu"))
+  common.load_clip(m.replace(activation="gelu"), init, common.unflatten(clip),
+                   m.clip.replace(activation="gelu", image_size=64))
   # pose_only uses no image input layer: CLIP's conv1 etc. are expected, not unexpected.
   m = tiny("pose_only")
   common.load_clip(m, random_params(pgvt.PoseVideoTransformer(m)), common.unflatten(clip))

@@ -166,8 +166,32 @@ def merge_clip_params(init_params: Mapping, clip_params: Mapping, *,
   return unflatten(out)
 
 
-def load_clip(config, init_params: Mapping, clip_params: Mapping) -> dict:
-  """`merge_clip_params` with the variant's unused CLIP paths."""
+def check_clip_config(config, clip_config: clip_vit.ClipVitConfig) -> None:
+  """Raises if a converted tower's architecture differs from the model's backbone.
+
+  Image size may differ (the positional embedding is resized). The activation is invisible in
+  the weights, so it must be checked here: OpenAI towers use QuickGELU, open_clip's non-quickgelu
+  ones exact GELU (set config.model.activation="gelu").
+  """
+  want = ModelConfig.from_config(config).clip
+  diff = [f"{f}: model {getattr(want, f)!r} vs checkpoint {getattr(clip_config, f)!r}"
+          for f in ("width", "layers", "patch_size", "heads", "activation", "mlp_ratio")
+          if getattr(want, f) != getattr(clip_config, f)]
+  if diff:
+    raise ValueError("the CLIP checkpoint does not match config.model.backbone / "
+                     f"config.model.activation: {diff}")
+
+
+def load_clip(config, init_params: Mapping, clip_params: Mapping,
+              clip_config: Optional[clip_vit.ClipVitConfig] = None) -> dict:
+  """`merge_clip_params` with the variant's unused CLIP paths.
+
+  Pass `clip_config` (from `convert_clip.load`) to also check the architecture, e.g.
+      clip_config, clip_params = convert_clip.load("weights/clip_b16")
+      params = common.load_clip(config.model, init_params, clip_params, clip_config)
+  """
+  if clip_config is not None:
+    check_clip_config(config, clip_config)
   return merge_clip_params(init_params, clip_params, unused=clip_unused(config))
 
 

@@ -72,6 +72,8 @@ class ModelConfig:
   variant: str = "pgvt"
   backbone: str = "B/16"            # clip_vit preset: "B/16", "L/14", ... "Ti/8" (tests)
   image_size: Optional[int] = None  # S; None: the preset's (224). Pos. embedding resized on load.
+  activation: Optional[str] = None  # backbone MLP activation; None: the preset's ("quick_gelu",
+                                    # OpenAI weights); "gelu" for open_clip non-quickgelu towers
   pose_frames: int = 48             # T_h
   video_frames: int = 16            # T_l
   num_classes: int = 48
@@ -105,6 +107,8 @@ class ModelConfig:
       v = getattr(self, f)
       if v is not None and (not isinstance(v, int) or v <= 0):
         fail(f, "must be a positive integer or None")
+    if self.activation is not None and self.activation not in clip_vit.ACTIVATIONS:
+      fail("activation", f"expected None or one of {sorted(clip_vit.ACTIVATIONS)}")
     if self.pose_format not in POSE_FORMATS:
       fail("pose_format", f"expected one of {list(POSE_FORMATS)}")
     if self.dtype not in DTYPES:
@@ -153,6 +157,8 @@ class ModelConfig:
   @property
   def clip(self) -> clip_vit.ClipVitConfig:
     kw = {} if self.image_size is None else {"image_size": self.image_size}
+    if self.activation is not None:
+      kw["activation"] = self.activation
     return clip_vit.get_config(self.backbone, **kw)
 
   @property
