@@ -1,1 +1,4 @@
-"""Experiment configs (big_vision style): `--config=configs/<name>.py:<arg>`, run from the repo root."""
+"""Experiment configs (big_vision style): `--config=configs/<name>.py:<arg>`.
+
+Run from the repository root (the configs import `configs.common`).
+"""

@@ -1,4 +1,4 @@
-r"""Diving48 (V2, 48 classes): PGVT and its baselines on a frozen CLIP ViT, 48 pose + 16 video frames.
+r"""Diving48 (V2, 48 classes): PGVT and baselines on a frozen CLIP ViT, 48 pose + 16 video frames.
 
 Arguments (after the file name, comma-separated): a backbone (vit_b16 default, vit_l14, tiny),
 variant=<pgvt|video_only|pose_only|late_fusion|pgvt_no_temporal|pgvt_two_adapters|

@@ -1,4 +1,4 @@
-r"""FineGym Gym99 (99 classes): PGVT on a frozen CLIP ViT, 48 pose + 16 video frames (paper Table 2).
+r"""FineGym Gym99 (99 classes): PGVT on a frozen CLIP ViT, 48 pose + 16 video frames (Table 2).
 
 Arguments as in configs/diving48.py (backbone, variant=..., pose_format=..., runlocal).
 

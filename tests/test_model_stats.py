@@ -66,7 +66,8 @@ def test_tunable_counts_follow_the_documented_formula():
   video = stats(variant="video_only")
   assert video["tunable_params"] == (layers * 3 * adapter(d) + 16 * d  # temporal embedding
                                      + 2 * d + d * c + c)               # ln_post, head
-  pose_embed = (2 * d + d) + (d * d + d) + d + d + 18 * d + 48 * d      # MLP, missing, CLS, pos, temporal
+  # MLP, missing-joint and CLS embeddings, positional (J + 1), temporal (T_h)
+  pose_embed = (2 * d + d) + (d * d + d) + d + d + 18 * d + 48 * d
   fc = (48 * 16 + 16) + (16 * 48 + 48)                                  # FC_down, FC_up
   full = stats(variant="pgvt")
   assert full["tunable_params"] == (layers * (5 * adapter(d) + 8 * (d * d + d) + fc)

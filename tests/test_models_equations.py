@@ -132,6 +132,14 @@ def eq5(X, p, name, s=0.5):
 
 
 # ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _randomise(params, seed):
   """Every leaf random (std 0.1; LayerNorm scales 1 +- 0.1): activations stay O(1)."""
   leaves, tree = jax.tree_util.tree_flatten_with_path(params)
