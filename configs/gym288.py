@@ -12,6 +12,6 @@ from configs import common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, backbone="vit_b16", variant="pgvt", pose_format="coords",
-                         runlocal=False)
+                         lr_recipe="aim", runlocal=False)
   return common.get_base_config(arg, dataset="gym288", num_classes=288, pose_frames=48,
                                 video_frames=16)

@@ -14,6 +14,7 @@ from configs import common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, backbone="vit_b16", variant="pgvt", pose_format="coords",
-                         persons=1, runlocal=False)
+                         lr_recipe="aim", persons=1, runlocal=False)
   return common.get_base_config(arg, dataset="k400", num_classes=400, pose_frames=32,
-                                video_frames=32, num_persons=arg.persons)
+                                video_frames=32, num_persons=arg.persons, eval_clips=3,
+                                eval_crops=1, num_epochs=30)  # AIM's K400 recipe

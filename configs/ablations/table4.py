@@ -29,7 +29,7 @@ ROWS = {
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, row="7", backbone="vit_b16", pose_format="coords",
-                         runlocal=False)
+                         lr_recipe="aim", runlocal=False)
   if arg.row not in ROWS:
     raise ValueError(f"config argument row={arg.row!r}; expected one of {list(ROWS)}")
   row = dict(ROWS[arg.row])

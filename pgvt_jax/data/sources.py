@@ -5,6 +5,7 @@ in-memory sequence of records in the contract's format (tests, notebooks).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -85,7 +86,7 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
 
   if cfg.builder_dir:
     where = f"config.data.builder_dir={cfg.builder_dir!r}"
-    builder = tfds.builder_from_directory(cfg.builder_dir)
+    builder = tfds.builder_from_directory(os.path.expanduser(cfg.builder_dir))
   elif cfg.name:
     where = f"config.data.name={cfg.name!r} (data_dir={cfg.data_dir!r})"
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)

@@ -1,0 +1,188 @@
+"""Everything a run needs, built once from the config: mesh, input, model, params, optimizer,
+sharded state, jitted steps, checkpointer. `train.py` and `evaluate` share it.
+
+Resume order (big_vision/maxtext convention): the workdir's own checkpoint wins; otherwise the
+frozen backbone comes from `config.clip_dir` (a `pgvt_jax.convert_clip` output) and new params
+from their initialisers; without `clip_dir` the backbone is random, with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from pgvt_jax import checkpointing, convert_clip, data, metric_writer, optim, partitioning, steps
+from pgvt_jax.models import common, pgvt
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  workdir: Path
+  mesh: Any
+  batch_sharding: Any
+  writer: metric_writer.MetricWriter
+  checkpointer: checkpointing.Checkpointer
+  model: Any
+  eval_source: Any
+  train_iter: Any
+  frozen: Any
+  state: dict
+  train_step: Optional[Callable]
+  eval_step: Callable
+  total_steps: int
+  meta: dict
+
+  def check_backbone(self, meta: dict) -> None:
+    """A checkpoint's trainable params only make sense on the backbone they were trained on."""
+    saved, now = meta.get("backbone_sha256"), self.meta.get("backbone_sha256")
+    if saved != now:
+      raise ValueError(
+          f"checkpoint in {self.workdir} was trained on backbone {meta.get('backbone')!r} "
+          f"(sha256 {saved}); this run loads {self.meta.get('backbone')!r} (sha256 {now}). "
+          "Point config.clip_dir at the original weights or use a new workdir.")
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> None:
+  """The built-in synthetic dataset is generated on first use (a few seconds)."""
+  syn = config.get("synthetic_data")
+  if not syn or not syn.get("enabled", False):
+    return
+  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  kwargs = dict(num_train=syn.num_train, num_test=syn.num_test, num_classes=syn.num_classes,
+                num_frames=syn.num_frames, image_size=syn.image_size, seed=syn.seed,
+                class_set=syn.get("class_set", "fine"))
+  out = Path(syn.data_dir).expanduser()
+  if jax.process_index() == 0:
+    synthetic.build(out, **kwargs)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("synthetic data built")
+  builder_dir = synthetic.build(out, **kwargs)  # already there: returns its path
+  config.data.builder_dir = str(builder_dir)
+
+
+def load_params(config, model, shardings) -> tuple[Any, dict]:
+  """Initialised params with the CLIP backbone merged in; meta names the backbone."""
+  init = lambda rng: model.init(rng, pgvt.dummy_batch(model.config))["params"]
+  params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+  clip_dir = config.get("clip_dir", "")
+  if not clip_dir:
+    logging.warning("config.clip_dir is empty: the frozen backbone is RANDOMLY initialised. "
+                    "Convert CLIP weights with `python -m pgvt_jax.convert_clip` and set "
+                    "--config.clip_dir=... for real training.")
+    return params, {"backbone": None, "backbone_sha256": None}
+  clip_cfg, clip_params = convert_clip.load(clip_dir)
+  # Strict: architecture (activation included), missing/unexpected keys; pos-emb resized.
+  merged = common.load_clip(config.model, params, clip_params, clip_cfg)
+  # CLIP leaves are host values (the same on every process); init leaves stay global arrays.
+  host = lambda x: np.asarray(x) if x.is_fully_addressable and x.sharding.num_devices == 1 else x
+  params = jax.device_put(jax.tree.map(host, merged), shardings)
+  sha = checkpointing.file_checksum(Path(clip_dir) / convert_clip.PARAMS_FILE)
+  return params, {"backbone": str(Path(clip_dir).resolve()), "backbone_sha256": sha}
+
+
+def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
+                     train: bool) -> Experiment:
+  workdir.mkdir(parents=True, exist_ok=True)
+  writer = metric_writer.MetricWriter(workdir)
+  writer.write_json("config.json", json.loads(config.to_json_best_effort()))
+
+  # ---------------------------------------------------------------- mesh
+  mesh = partitioning.make_mesh(config.mesh)
+  batch_sh = partitioning.batch_sharding(mesh)
+  for field in ("train_batch_size", "eval_batch_size"):
+    partitioning.check_batch_divisible(config.data[field], mesh, f"config.data.{field}")
+  logging.info("Mesh %s over %d devices (%d processes): %s", dict(mesh.shape),
+               jax.device_count(), jax.process_count(), jax.devices()[0].platform)
+
+  # ---------------------------------------------------------------- input
+  prepare_data(config)
+  model_cfg = pgvt.create_model(config.model).config
+  config.data.num_joints = model_cfg.num_joints  # the pipeline asserts the data has this J
+  eval_source = data.open_source(config.data, config.data.eval_split)
+  train_source = data.open_source(config.data, config.data.train_split) if train else None
+  for src, split in ((eval_source, "eval_split"), (train_source, "train_split")):
+    if src is not None and src.num_classes != model_cfg.num_classes:
+      raise ValueError(f"config.model.num_classes={model_cfg.num_classes} but "
+                       f"config.data.{split} has {src.num_classes} classes")
+
+  # ---------------------------------------------------------------- model & optimizer
+  model = pgvt.create_model(config.model)
+  shapes = pgvt.param_shapes(model)
+  param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
+  params, meta = load_params(config, model, param_sh)
+  if config.freeze_backbone:
+    trainable, frozen = common.split_params(params)
+  else:  # full fine-tuning: the backbone trains too (and is saved in every checkpoint)
+    trainable, frozen = params, {}
+  del params
+  logging.info("Params: %d trainable, %d frozen", common.count(trainable), common.count(frozen))
+
+  steps_per_epoch = max(1, (len(train_source) if train else 1) // config.data.train_batch_size)
+  total = config.total_steps or int(config.num_epochs * steps_per_epoch)
+  accum = max(1, config.optim.grad_accum_steps)
+  schedule = optim.make_schedule(config.optim, max(1, total // accum),
+                                 max(1, steps_per_epoch // accum))
+  tx = optim.make_optimizer(config.optim, schedule,
+                            labels=common.param_labels if config.freeze_backbone else None)
+
+  # ---------------------------------------------------------------- shard & transfer
+  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+  trainable_sh = jax.tree.map(lambda x: x.sharding, trainable)
+  state_shapes = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), trainable)
+  state_sh = partitioning.tree_shardings(state_shapes, mesh, config.mesh)
+  state_sh["params"] = trainable_sh
+  state = jax.jit(lambda p: steps.init_state(p, tx, config.seed), out_shardings=state_sh)(
+      trainable)
+
+  # ---------------------------------------------------------------- steps
+  repl = partitioning.replicated(mesh)
+  train_step = None
+  if train:
+    train_step = jax.jit(steps.make_train_step(model, tx, config, schedule),
+                         in_shardings=(state_sh, frozen_sh, batch_sh),
+                         out_shardings=(state_sh, repl), donate_argnums=(0,))
+  predict = steps.make_eval_step(model)
+  eval_step = jax.jit(
+      lambda p, f, b: (predict(p, f, b), b["label"], b["video_index"], b["valid"]),
+      in_shardings=(trainable_sh, frozen_sh, batch_sh), out_shardings=repl)
+
+  train_iter = data.make_train_iterator(config.data, train_source) if train else None
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                    best_metric=config.best_metric,
+                                    async_save=config.async_checkpoints)
+  meta = {**meta, "steps_per_epoch": steps_per_epoch, "total_steps": total}
+  logging.info("Training for %d steps (%d per epoch)", total, steps_per_epoch)
+  return Experiment(config=config, workdir=workdir, mesh=mesh, batch_sharding=batch_sh,
+                    writer=writer, checkpointer=ckpt, model=model, eval_source=eval_source,
+                    train_iter=train_iter, frozen=frozen, state=state, train_step=train_step,
+                    eval_step=eval_step, total_steps=total, meta=meta)
+
+
+def trainer_config() -> ml_collections.ConfigDict:
+  """Trainer fields every experiment config carries (see configs/*.py)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.clip_dir = ""            # converted CLIP (python -m pgvt_jax.convert_clip); "" = random
+  c.freeze_backbone = True   # False: full fine-tuning (e.g. a random tiny backbone)
+  c.num_epochs = 50
+  c.total_steps = 0          # > 0 overrides num_epochs
+  c.log_every = 50
+  c.eval_every = 0           # 0: only at the end
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.best_metric = "eval/top1"
+  c.async_checkpoints = True
+  c.aux_losses = ml_collections.ConfigDict()   # {"name": weight}, see pgvt_jax.losses
+  c.optim = optim.get_config()
+  c.mesh = partitioning.get_config()
+  c.data = data.get_config()
+  return c

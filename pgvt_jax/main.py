@@ -1,0 +1,63 @@
+r"""Entry point: parses flags and calls the trainer. Kept short so notebooks can import the rest.
+
+    python -m pgvt_jax.main --config=configs/demo.py --workdir=/tmp/demo
+    python -m pgvt_jax.main --config=configs/diving48.py:vit_l14 --workdir=... \
+        --config.clip_dir=weights/clip_l14 --config.optim.lr=3e-4
+    python -m pgvt_jax.main --config=... --workdir=... --mode=evaluate
+
+Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host: pass
+--multiprocess (on TPU pods and SLURM/GPU clusters jax.distributed finds its peers itself) or
+--coordinator_address/--num_processes/--process_id explicitly.
+"""
+
+import logging as logging_std
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from pgvt_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_MODE = flags.DEFINE_enum("mode", "train_and_evaluate", ["train_and_evaluate", "train",
+                                                         "evaluate"],
+                          "train_and_evaluate (evaluates every eval_every steps and at the end), train (no evals) or evaluate (the best checkpoint).")
+_MULTIPROCESS = flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Orbax logs every file it renames at INFO; keep its warnings, drop the chatter."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if _MULTIPROCESS.value or _COORDINATOR.value:
+    # Only when asked: initialize() on a single host without a cluster would wait for peers.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  config = _CONFIG.value
+  if _MODE.value == "evaluate":
+    metrics = train.evaluate(config, _WORKDIR.value)
+  else:
+    metrics = train.train_and_evaluate(config, _WORKDIR.value,
+                                       run_evals=_MODE.value == "train_and_evaluate")
+  logging.info("Final metrics: %s", metrics)
+  if jax.process_index() == 0:
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+
+
+if __name__ == "__main__":
+  app.run(main)
