@@ -91,6 +91,8 @@ def _parse(argv):
   p.add_argument("--num_frames", type=int, default=32)
   p.add_argument("--image_size", type=int, default=128)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--class_set", choices=("fine", "coarse"), default="fine",
+                 help="synthetic: class enumeration (see data_prep/synthetic.py)")
   return p.parse_args(argv)
 
 
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
   if args.dataset == "synthetic":
     config = synthetic_builder.SyntheticConfig.make(
         args.num_train, args.num_test, args.num_classes, args.seed,
-        args.num_frames, args.image_size)
+        args.num_frames, args.image_size, args.class_set)
     if config.name in synthetic_builder.SyntheticPoseActions.builder_configs:
       config = config.name
     options = builder_lib.BuildOptions(short_side=None,

@@ -22,16 +22,21 @@ class SyntheticConfig(builder_lib.DatasetConfig):
   seed: int = 0
   num_frames: int = 32
   image_size: int = 128
+  class_set: str = "fine"
 
   @classmethod
   def make(cls, num_train: int, num_test: int, num_classes: int, seed: int,
-           num_frames: int, image_size: int) -> "SyntheticConfig":
+           num_frames: int, image_size: int,
+           class_set: str = "fine") -> "SyntheticConfig":
     """A config named after its parameters (one directory per dataset)."""
     name = (f"c{num_classes}_n{num_train}-{num_test}_t{num_frames}"
             f"_s{image_size}_seed{seed}")
+    if class_set != "fine":  # keeps the names of existing fine datasets
+      name += f"_{class_set}"
     return cls(name=name, joint_layout="coco17", num_classes=num_classes,
                num_train=num_train, num_test=num_test, seed=seed,
                num_frames=num_frames, image_size=image_size,
+               class_set=class_set,
                description="synthetic COCO-17 stick-figure actions")
 
 
@@ -48,12 +53,12 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
         horizontal_flip_safe=False,  # A flip turns one class into another.
         generator=dict(num_train=cfg.num_train, num_test=cfg.num_test,
                        seed=cfg.seed, num_frames=cfg.num_frames,
-                       image_size=cfg.image_size))
+                       image_size=cfg.image_size, class_set=cfg.class_set))
     return info
 
   def _read_dataset(self, manual_dir):
     cfg = self.builder_config
-    defs = synthetic.class_definitions(cfg.num_classes)
+    defs = synthetic.class_definitions(cfg.num_classes, cfg.class_set)
     splits = {}
     for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
       items = []
@@ -67,7 +72,7 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
             f"{split}_{i:06d}", label, None, frames=clip.frames,
             pose=clip.pose))
       splits[split] = items
-    return synthetic.class_names(cfg.num_classes), splits
+    return synthetic.class_names(cfg.num_classes, cfg.class_set), splits
 
 
 class _Clip:

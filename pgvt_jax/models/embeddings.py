@@ -45,7 +45,11 @@ class PoseEmbedding(nn.Module):
     d = self.width
     if self.pose_format == "coords":
       pose = batch["pose"].astype(self.dtype or jnp.float32)  # (B, T_h, J, 2)
-      h = nn.Dense(self.hidden or d, kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(pose)
+      # fc1 sees raw coordinates (fan-in 2, values in [0, 1]), not unit-variance features:
+      # AIM's trunc_normal(0.02) would make the pose signal ~1e-4 of the token at init, so it
+      # gets a fan-in-scaled init (LeCun normal, std 1/sqrt(2)) instead.
+      h = nn.Dense(self.hidden or d, kernel_init=nn.initializers.lecun_normal(),
+                   dtype=self.dtype, name="fc1")(pose)
       x = nn.Dense(d, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(exact_gelu(h))
       missing = self.param("missing_embedding", trunc_normal, (d,))
       mask = batch.get("pose_mask")
