@@ -61,7 +61,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                  "rng": state["rng"]}
     accum = config.optim.grad_accum_steps
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": schedule(state["step"] // max(accum, 1))}
     return new_state, metrics
 

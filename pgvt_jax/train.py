@@ -123,7 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", lr=f"{m['train/lr']:.2e}")
       preempted = _any_host(_PREEMPTED)
       if step % cfg.checkpoint_every == 0 or last or preempted:
-        _flush(pending, writer, t_last, cfg.data.train_batch_size)  # never save NaN state
+        if pending:  # never save a state whose loss went NaN
+          _flush(pending, writer, t_last, cfg.data.train_batch_size)
+          t_last = time.time()
         ckpt.save(step, state, train_iter, exp.meta, force=True)
       if preempted:
         logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)

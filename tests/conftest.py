@@ -17,3 +17,13 @@ def realdata() -> Path:
   if not REALDATA.is_dir():
     pytest.skip(f"real sample data not found at {REALDATA}")
   return REALDATA
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """XLA optimisations off while a module compiles many tiny models (restored afterwards)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)

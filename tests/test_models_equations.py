@@ -132,12 +132,8 @@ def eq5(X, p, name, s=0.5):
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Tiny models compile several times faster without XLA's optimisation passes.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _randomise(params, seed):

@@ -11,12 +11,8 @@ from pgvt_jax.models.config import VARIANTS
 from tests.test_models_variants import random_batch, random_params, tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Tiny models compile several times faster without XLA's optimisation passes.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def clip_params_for(m, image_size=None, seed=0):

@@ -24,12 +24,8 @@ TINY = dict(backbone="Ti/8", image_size=24, pose_frames=2, video_frames=2, num_c
             drop_path=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Tiny models compile several times faster without XLA's optimisation passes.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny(variant="pgvt", **kw) -> ModelConfig:
