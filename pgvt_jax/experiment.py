@@ -105,7 +105,8 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
 
   # ---------------------------------------------------------------- input
   prepare_data(config)
-  model_cfg = pgvt.create_model(config.model).config
+  model = pgvt.create_model(config.model)  # validates config.model
+  model_cfg = model.config
   config.data.num_joints = model_cfg.num_joints  # the pipeline asserts the data has this J
   eval_source = data.open_source(config.data, config.data.eval_split)
   train_source = data.open_source(config.data, config.data.train_split) if train else None
@@ -115,7 +116,6 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
                        f"config.data.{split} has {src.num_classes} classes")
 
   # ---------------------------------------------------------------- model & optimizer
-  model = pgvt.create_model(config.model)
   shapes = pgvt.param_shapes(model)
   param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
   params, meta = load_params(config, model, param_sh)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -144,13 +145,8 @@ def test_sigkill_then_sigterm_then_resume_is_bitwise_identical(reference, tmp_pa
   ref_final = json.loads((reference / "final_metrics.json").read_text())
   assert json.loads((workdir / "final_metrics.json").read_text()) == ref_final
   a, b = _final_state(reference), _final_state(workdir)
-  for x, y in zip(_leaves(a), _leaves(b)):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
-
-
-def _leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_leaves(tree)
 
 
 def test_eight_fake_devices_give_the_same_loss_curve(reference, tmp_path, data_dir):
@@ -193,5 +189,5 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   bad_step = int(out.split("at step ")[1].split(";")[0])
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and max(saved) < bad_step
-  for leaf in _leaves(_final_state(workdir)["params"]):
+  for leaf in jax.tree_util.tree_leaves(_final_state(workdir)["params"]):
     assert np.all(np.isfinite(leaf))

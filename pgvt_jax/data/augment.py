@@ -18,11 +18,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from pgvt_jax.models import clip_vit
+
 Box = tuple[float, float, float, float]  # x0, y0, w, h (see above)
 
-# OpenAI CLIP's preprocessing statistics (RGB, on [0, 1] pixels).
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+# CLIP's pixel statistics (RGB, on [0, 1] pixels), defined once in clip_vit.
+CLIP_MEAN = np.array(clip_vit.CLIP_MEAN, np.float32)
+CLIP_STD = np.array(clip_vit.CLIP_STD, np.float32)
 
 
 def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
