@@ -26,6 +26,15 @@ TRAIN_CONFIGS = {
     ("finegym", "gym99"): "configs/gym99.py",
     ("finegym", "gym288"): "configs/gym288.py",
     ("kinetics400", "default"): "configs/k400.py",
+    # The PAAB/PAAT protocols (configs/adl_common.py). NTU's `cvs` records serve
+    # cvs1-3 (same training set, test views 0/45/90): protocol=cvs2|cvs3 too.
+    ("ntu60", "cvs"): "configs/ntu60.py:protocol=cvs1",
+    ("ntu60", "xsub_kinect"): "configs/ntu60.py:protocol=xsub",
+    ("ntu60", "xview_kinect"): "configs/ntu60.py:protocol=xview",
+    **{("smarthome", p): f"configs/smarthome.py:protocol={p}"
+       for p in ("cs", "cv1", "cv2")},
+    **{("nucla", p): f"configs/nucla.py:protocol={p}"
+       for p in ("cs", "cv1", "cv2", "cv3")},
 }
 GENERIC_CONFIG = "configs/custom.py"
 

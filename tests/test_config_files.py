@@ -53,8 +53,9 @@ def test_commands_agree_with_configs():
   import importlib  # pylint: disable=g-import-not-at-top
   names = commands.builder_names()
   for (dataset, builder_config), cfg_file in commands.TRAIN_CONFIGS.items():
-    module = importlib.import_module(cfg_file[:-3].replace("/", "."))
-    builder_dir = module.get_config().data.builder_dir
+    path, _, arg = cfg_file.partition(":")
+    module = importlib.import_module(path[:-3].replace("/", "."))
+    builder_dir = module.get_config(arg or None).data.builder_dir
     name, config, _ = builder_dir.split("/")[-3:]
     assert names[name] == dataset and config == builder_config, cfg_file
     assert builder_dir.startswith(commands.DEFAULT_DATA_DIR + "/")
@@ -67,6 +68,17 @@ def test_commands_agree_with_configs():
     assert commands.train_command(dataset, builder_config, "/x/" + builder_dir[2:], "w") == (
         f"python -m pgvt_jax.main --config={cfg_file} "
         f"--config.data.builder_dir=/x/{builder_dir[2:]} --workdir=w")
+
+
+def test_every_dataset_config_is_printed():
+  """Each protocol of the daily-living configs is reachable from the records it reads."""
+  from configs import adl_common  # pylint: disable=g-import-not-at-top
+  names = commands.builder_names()
+  printed = {(d, c): f for (d, c), f in commands.TRAIN_CONFIGS.items()}
+  for dataset, spec in adl_common.DATASETS.items():
+    for protocol, (builder_config, *_) in spec["protocols"].items():
+      assert names[spec["builder"]] == dataset
+      assert printed[(dataset, builder_config)].startswith(f"configs/{dataset}.py:protocol=")
 
 
 @pytest.mark.slow
