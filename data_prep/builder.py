@@ -201,6 +201,7 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
     names, splits = self._read_dataset(manual)
     label = self.info.features["label"]
     label.names = list(names)
+    self._num_classes = label.num_classes
     self.info.metadata["build_summary"] = {}
     for name in [k for k, v in splits.items() if not v]:
       # TFDS cannot write a split without examples.
@@ -262,6 +263,9 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
     opts = self.options
     if item.error:
       return SkipVideo(f"listing: {item.error}")
+    label_error = self._check_label(item.label)
+    if label_error:
+      return SkipVideo(f"listing: {label_error}")
     num_joints = skeletons.get(self.builder_config.joint_layout).num_joints
     try:
       if item.frames is not None:
@@ -306,6 +310,22 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
                                    aligned.keypoint, aligned.score,
                                    opts.jpeg_quality)
     return example, warns + aligned.warnings, counts
+
+  def _check_label(self, label) -> str | None:
+    """Why `label` cannot be written, or None.
+
+    Checked here for every dataset: TFDS's ClassLabel writes -1 silently and
+    fails the whole build (dumping the example) on a label >= num_classes.
+    """
+    n = getattr(self, "_num_classes", None)
+    if n is None:
+      n = self.info.features["label"].num_classes
+    if isinstance(label, (bool, np.bool_)) or not isinstance(
+        label, (int, np.integer)):
+      return f"label {label!r} is not an integer class index"
+    if not 0 <= label < n:
+      return f"label {label} outside 0..{n - 1}"
+    return None
 
   def _extract(self, video: video_lib.DecodedVideo) -> poses_lib.PoseSequence:
     kp, score = self.options.extractor(video.frames)

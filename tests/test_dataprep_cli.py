@@ -33,7 +33,10 @@ def test_cli_builds_and_reports(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "[train] listed 3, written 2, skipped 1" in out
   assert "skipped broken: video:" in out
-  path = out.strip().splitlines()[-1].split("Records: ")[1]
+  path = [l for l in out.splitlines() if l.startswith("Records: ")][0][9:]
+  assert out.strip().splitlines()[-1].strip() == (
+      f"python -m pgvt_jax.main --config=configs/custom.py:builder_dir={path} "
+      f"--workdir=workdirs/custom_coco17")
   with open(os.path.join(path, "build_summary.json")) as f:
     summary = json.load(f)
   assert list(summary["splits"]["train"]["skipped_videos"]) == ["broken"]
