@@ -96,7 +96,14 @@ def get_adl_config(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   d.max_persons = config.model.get_ref("num_persons")
   d.num_joints = (config.model.get_ref("joints_per_person")
                   * config.model.get_ref("num_persons"))
-  d.short_side = 256                     # TimeSformer: test short side 256, centre crop 224
+  # Frames: T at a fixed rate (TimeSformer's dense sampling at 30 fps).
+  d.sampling, d.sampling_rate, d.target_fps = "fixed_rate", spec["rate"], 30.0
+  # Crops come from the person-centred square (union box of the video's keypoints). Train:
+  # TimeSformer's scale jitter (short side 256..320, random 224 crop) = square crops of
+  # (224/320)^2 .. (224/256)^2 of the square's area; test: short side 256, centre 224.
+  d.person_crop, d.person_crop_margin = True, 0.1
+  d.crop_area, d.crop_aspect = ((224 / 320) ** 2, (224 / 256) ** 2), (1.0, 1.0)
+  d.short_side = 256
   d.eval_clips, d.eval_crops = 10, 1     # 10 clips x 1 crop
   d.train_batch_size = d.eval_batch_size = spec["batch"]
   d.num_workers = 8

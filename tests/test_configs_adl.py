@@ -63,9 +63,9 @@ def test_protocol_selects_records(dataset, protocol, classes, builder_dir, eval_
   assert c.data.eval_split == eval_split and c.data.train_split == "train"
 
 
-@pytest.mark.parametrize("dataset,frames,batch", [
-    ("smarthome", 8, 32), ("ntu60", 16, 64), ("nucla", 8, 64)])
-def test_paper_recipe_is_the_default(dataset, frames, batch):
+@pytest.mark.parametrize("dataset,frames,rate,batch", [
+    ("smarthome", 8, 32, 32), ("ntu60", 16, 4, 64), ("nucla", 8, 4, 64)])
+def test_paper_recipe_is_the_default(dataset, frames, rate, batch):
   c = _get(dataset)
   o = c.optim
   assert (o.optimizer, o.lr, o.momentum, o.weight_decay) == ("sgd", 0.005, 0.9, 1e-4)
@@ -75,6 +75,8 @@ def test_paper_recipe_is_the_default(dataset, frames, batch):
   assert c.model.video_frames == c.data.num_frames == frames == c.data.pose_frames
   assert (c.data.eval_clips, c.data.eval_crops, c.eval_combine) == (10, 1, "max")
   assert c.model.image_size == 224
+  assert (c.data.sampling, c.data.sampling_rate, c.data.target_fps) == ("fixed_rate", rate, 30)
+  assert c.data.person_crop and tuple(c.data.crop_aspect) == (1.0, 1.0)
 
 
 def test_bad_arguments_are_named():
