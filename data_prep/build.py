@@ -9,7 +9,8 @@ r"""Builds the records of one dataset.
       --num_train=256 --num_test=64 --num_classes=8
 
 Prints a summary (written / skipped with reasons / repairs) and saves it as
-`build_summary.json` next to the records, then the command that trains on them. Read the records with
+`build_summary.json` next to the records, then the command that trains on
+them. Read the records with
 `tfds.builder_from_directory(<printed path>).as_data_source(split)`.
 """
 
@@ -141,8 +142,8 @@ def main(argv=None) -> int:
   print(summary.format() if summary.splits else
         "Records already built (use --overwrite to rebuild).")
   print(f"Records: {b.data_dir}")
-  print("Train on them with (add --config.clip_dir=<converted CLIP weights> for a real run, "
-        "see docs/models.md):")
+  print("Train on them with (add --config.clip_dir=<converted CLIP weights> "
+        "for a real run, see docs/models.md):")
   print("  " + commands.train_command(args.dataset, b.builder_config.name,
                                       os.fspath(b.data_dir)))
   return 0
