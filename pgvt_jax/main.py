@@ -17,12 +17,12 @@ import sys
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
-from pgvt_jax import checkpointing, train
+from pgvt_jax import checkpointing, config_files, data, train
 from pgvt_jax import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+# `configs/<name>.py` resolves from any working directory (pgvt_jax.config_files).
+_CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _MODE = flags.DEFINE_enum("mode", "train_and_evaluate", ["train_and_evaluate", "train",
@@ -61,6 +61,8 @@ def main(argv):
     else:
       metrics = train.train_and_evaluate(config, _WORKDIR.value,
                                          run_evals=_MODE.value == "train_and_evaluate")
+  except data.RecordsNotFoundError as e:  # a step the user has to take, not a bug
+    sys.exit(f"error: {e}")
   except expected as e:  # the message says what to do; a traceback would only bury it
     logging.error("%s: %s", type(e).__name__, e)
     raise SystemExit(f"pgvt_jax: error: {e}") from None
