@@ -122,21 +122,21 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
 
 
-def _create_model(model_cfg):
-  # The model factory of pgvt_jax.models (every family) where it exists.
-  from pgvt_jax import models  # pylint: disable=g-import-not-at-top
-  factory = getattr(models, "create_model", None)
-  if factory is None:
+def _factory():
+  """pgvt_jax.models.factory (every model family) where it exists, else the CLIP model."""
+  try:
+    from pgvt_jax.models import factory  # pylint: disable=g-import-not-at-top
+    return factory
+  except ImportError:
     from pgvt_jax.models import pgvt  # pylint: disable=g-import-not-at-top
-    factory = pgvt.create_model
-  return factory(model_cfg)
+    return pgvt
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: Path):
   """(model, params, mesh): initialised/backbone params with the run's trained params over
   them (best checkpoint, else latest), every restored leaf matched by path."""
   mesh = partitioning.make_mesh(config.mesh)
-  model = _create_model(config.model)
+  model = _factory().create_model(config.model)
   shapes = jax.eval_shape(
       lambda r: model.init(r, _dummy_batch(model))["params"], jax.random.PRNGKey(0))
   params, _ = experiment.load_params(config, model,
@@ -169,8 +169,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: Path):
 
 
 def _dummy_batch(model):
-  from pgvt_jax.models import pgvt  # pylint: disable=g-import-not-at-top
-  return pgvt.dummy_batch(model.config)
+  return _factory().dummy_batch(model.config)
 
 
 def extract_features(model, params, mesh, source: data.Source,
@@ -217,6 +216,9 @@ def run(workdir: str, query: str, gallery: str, *, config: ml_collections.Config
   """Features of both record sets, R@k, files in `out_dir`; returns the result dict."""
   workdir = Path(workdir).expanduser()
   config = config if config is not None else load_run_config(workdir)
+  configure = getattr(_factory(), "configure_data", None)
+  if configure is not None:  # pixel statistics of the model family, J
+    configure(config)
   d = config.data
   if batch_size:
     d.eval_batch_size = batch_size
