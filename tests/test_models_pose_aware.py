@@ -33,11 +33,15 @@ def batch_for(m, seed=0):
 def test_params_trainable_and_clip_paths_unchanged():
   plain = pgvt.param_shapes(pgvt.PoseVideoTransformer(tiny()))
   for kw in (dict(paab_layers=(1, 2)), dict(paat_layer=1), dict(paab_layers=(2,), paat_layer=2,
-                                                                paab_variant="fact_pa_sta")):
+                                                                paab_variant="fact_pa_sta"),
+             dict(paab_layers=(2,), paab_depth=3)):
     shapes = pgvt.param_shapes(pgvt.PoseVideoTransformer(tiny(**kw)))
     labels = common.flatten(common.param_labels(shapes))   # raises on an uncovered leaf
     new = set(labels) - set(common.flatten(plain))
-    assert new and all(p.split("/")[0] in ("paab_1", "paab_2", "paat_head") for p in new)
+    assert new and all(p.split("/")[0] in ("paab_1", "paab_2", "paab_2_2", "paab_2_3",
+                                           "paat_head") for p in new)
+    if kw.get("paab_depth"):
+      assert {p.split("/")[0] for p in new} == {"paab_2", "paab_2_2", "paab_2_3"}
     assert all(labels[p] == common.TRAINABLE for p in new)
     # Every param path of the plain model is still there with its label (CLIP paths intact).
     plain_labels = common.flatten(common.param_labels(plain))
@@ -141,6 +145,7 @@ def test_config_errors_name_the_field():
                     (dict(paab_variant="x"), "paab_variant"), (dict(paat_target="p4d"), "paat_target"),
                     (dict(pose_map_dilation=2), "pose_map_dilation"),
                     (dict(pose_map_noise=-1), "pose_map_noise"),
+                    (dict(paab_depth=0), "paab_depth"),
                     (dict(paab_layers=(1,), variant="pose_only"), "variant"),
                     (dict(paat_layer=1, pose_frames=3), "pose_frames")):
     with pytest.raises(ValueError, match=f"config.model.{field}"):

@@ -94,6 +94,7 @@ class ModelConfig:
   # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
   paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
+  paab_depth: int = 1               # consecutive PAABs at each of paab_layers (Table 1c)
   pose_map_dilation: int = 1        # k x k dilation of P^2D (1 = the paper; public code: 3)
   paat_layer: int = 0               # PAAT head on the patch tokens after block l; 0 = off
   paat_target: str = "p3d"          # "p3d" (which joint) | "p2d" (any joint) (Table 1d)
@@ -156,6 +157,8 @@ class ModelConfig:
     if len(set(layers_in)) != len(layers_in):
       fail("paab_layers", "a block number appears twice")
     object.__setattr__(self, "paab_layers", tuple(sorted(layers_in)))
+    if not isinstance(self.paab_depth, int) or self.paab_depth < 1:
+      fail("paab_depth", "must be a positive integer")
     if self.paab_variant not in PAAB_VARIANTS:
       fail("paab_variant", f"expected one of {list(PAAB_VARIANTS)}")
     if not isinstance(self.paat_layer, int) or not 0 <= self.paat_layer <= layers:

@@ -253,10 +253,13 @@ class PoseVideoTransformer(nn.Module):
     """
     m = self.config
     if layer in m.paab_layers:
-      cls, patches = PAAB(num_heads=m.clip.heads, mlp_ratio=m.clip.mlp_ratio,
-                          variant=m.paab_variant, dtype=m.compute_dtype, drop_path=drop_path,
-                          ln_eps=clip_vit.LN_EPS, name=f"paab_{layer}")(
-                              z[:, :, 0], z[:, :, 1:], maps[0], train=train)
+      cls, patches = z[:, :, 0], z[:, :, 1:]
+      for j in range(m.paab_depth):  # Table 1c: paab_{l}, paab_{l}_2, ... one after another
+        cls, patches = PAAB(num_heads=m.clip.heads, mlp_ratio=m.clip.mlp_ratio,
+                            variant=m.paab_variant, dtype=m.compute_dtype,
+                            drop_path=drop_path, ln_eps=clip_vit.LN_EPS,
+                            name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
+                                cls, patches, maps[0], train=train)
       z = jnp.concatenate([cls[:, :, None], patches], axis=2)
     if layer == m.paat_layer and (train or self.is_initializing()):
       k = m.joints_per_person if m.paat_target == "p3d" else 1
