@@ -9,7 +9,6 @@ from their initialisers; without `clip_dir` the backbone is random, with a warni
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -92,8 +91,7 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
 def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
                      train: bool) -> Experiment:
   workdir.mkdir(parents=True, exist_ok=True)
-  writer = metric_writer.MetricWriter(workdir)
-  writer.write_json("config.json", json.loads(config.to_json_best_effort()))
+  writer = metric_writer.MetricWriter(workdir)  # config.json: workdir.record_config
 
   # ---------------------------------------------------------------- mesh
   mesh = partitioning.make_mesh(config.mesh)
@@ -179,6 +177,8 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.eval_every = 0           # 0: only at the end
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
+  c.restore_step = 0         # > 0: resume from this kept step (later checkpoints are deleted)
+  c.allow_config_changes = False  # resume although training fields changed (named on resume)
   c.best_metric = "eval/top1"
   c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
   c.async_checkpoints = True
