@@ -182,7 +182,9 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.best_metric = "eval/top1"
   c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
   c.async_checkpoints = True
-  c.aux_losses = ml_collections.ConfigDict()   # {"name": weight}, see pgvt_jax.losses
+  # {"name": weight} of registered auxiliary losses (pgvt_jax.losses); 0 = off. Declared so
+  # `--config.aux_losses.paat=1.6` works from the command line.
+  c.aux_losses = ml_collections.ConfigDict({"paat": 0.0})  # PAAT lambda (Eq. 8; paper 1.6)
   c.optim = optim.get_config()
   c.mesh = partitioning.get_config()
   c.data = data.get_config()
