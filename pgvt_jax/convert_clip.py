@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,7 +25,6 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 
 from pgvt_jax import weights_io
 from pgvt_jax.models import clip_vit
@@ -237,24 +234,11 @@ def convert_state_dict(sd: StateDict, *, activation: Optional[str] = None,
 def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dict,
          metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
   """Writes aside and renames, so a crash never leaves a partial directory."""
-  out = Path(output_dir)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
-    flat = {"/".join(k): np.asarray(v, np.float32)
-            for k, v in traverse_util.flatten_dict(params).items()}
-    safetensors.numpy.save_file(flat, str(tmp / PARAMS_FILE))
-    info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
-    (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  flat = {"/".join(k): np.asarray(v, np.float32)
+          for k, v in traverse_util.flatten_dict(params).items()}
+  info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
+  return weights_io.save_converted(output_dir, flat, info, params_file=PARAMS_FILE,
+                                   config_file=CONFIG_FILE, overwrite=overwrite)
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -27,8 +29,9 @@ _DIR_CANDIDATES = (
     "model.safetensors.index.json", "model.safetensors", "open_clip_model.safetensors",
     "pytorch_model.bin.index.json", "pytorch_model.bin", "open_clip_pytorch_model.bin",
 )
-# Wrappers that training scripts put around a state dict.
-_WRAPPER_KEYS = ("state_dict", "model", "module")
+# Wrappers that training scripts put around a state dict ("model_state": the .pyth files of
+# facebookresearch's SlowFast/TimeSformer trainers).
+_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state")
 
 
 class CheckpointError(ValueError):
@@ -185,3 +188,30 @@ def _to_f32(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, np.float32)
   return np.asarray(arr)
 
+
+
+def save_converted(output_dir: str | os.PathLike, params_flat: dict[str, np.ndarray],
+                   info: dict, *, params_file: str = "params.safetensors",
+                   config_file: str = "config.json", overwrite: bool = False) -> Path:
+  """Writes `params_file` (safetensors) + `config_file` (JSON `info`) into `output_dir`.
+
+  Written into a temporary sibling directory, then renamed, so a crash never leaves a partial
+  directory behind.
+  """
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  out = Path(output_dir)
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    flat = {k: np.ascontiguousarray(v, np.float32) for k, v in params_flat.items()}
+    safetensors.numpy.save_file(flat, str(tmp / params_file))
+    (tmp / config_file).write_text(json.dumps(info, indent=2) + "\n")
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
