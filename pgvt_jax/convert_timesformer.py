@@ -28,6 +28,7 @@ Python API:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -271,6 +272,13 @@ def convert(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, *,
   return out
 
 
+@functools.lru_cache(maxsize=8)
+def _encoder(cfg: timesformer.TimeSformerConfig):
+  """One jitted CLS encoder per architecture (compiled once per input shape)."""
+  model = timesformer.TimeSformer(cfg)
+  return jax.jit(lambda p, x: model.apply({"params": p}, x)["pooled"])
+
+
 def encode_video(path: str | os.PathLike, video: np.ndarray, *, batch_size: int = 8,
                  heads: Optional[int] = None) -> np.ndarray:
   """`(B, T, H, W, 3)` normalised float32 video -> `(B, D)` final-LayerNorm CLS.
@@ -286,18 +294,20 @@ def encode_video(path: str | os.PathLike, video: np.ndarray, *, batch_size: int 
     raise ValueError(f"video has shape {video.shape}; expected (B, {', '.join(map(str, want))})"
                      f" (B, T, H, W, 3) for {path}")
   params = {k: v for k, v in params.items() if k != "head"}
-  model = timesformer.TimeSformer(cfg)
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, x)["pooled"])
+  fn = _encoder(cfg)
   return np.concatenate([np.asarray(fn(params, video[i:i + batch_size]))
                          for i in range(0, len(video), batch_size)])
 
 
 # --------------------------------------------------------------------------- CLI
-flags.DEFINE_string("checkpoint", None, "Official .pyth/.pth file or Hugging Face model dir.")
-flags.DEFINE_string("output_dir", None, "Directory to write (must not exist unless --overwrite).")
-flags.DEFINE_integer("heads", None, "Attention heads (not stored in official checkpoints; "
-                     "default width // 64).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+def _define_flags() -> None:
+  """Defined only when run as a script: convert_clip's flags share these names."""
+  flags.DEFINE_string("checkpoint", None, "Official .pyth/.pth file or Hugging Face model dir.")
+  flags.DEFINE_string("output_dir", None, "Directory to write (must not exist unless "
+                      "--overwrite).")
+  flags.DEFINE_integer("heads", None, "Attention heads (not stored in official checkpoints; "
+                       "default width // 64).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 
 
 def main(argv):
@@ -312,4 +322,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

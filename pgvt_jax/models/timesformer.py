@@ -286,5 +286,27 @@ class _PatchEmbed(nn.Module):
     return x.reshape((b, t, -1, cfg.width))  # row-major patches, as torch's flatten(2)
 
 
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+  """torch F.interpolate(mode="nearest") source index: floor(dst * n_in / n_out)."""
+  return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def resize_time_embed(time_embed: np.ndarray, num_frames: int) -> np.ndarray:
+  """`(1, T, D) -> (1, num_frames, D)`, nearest, as the official forward does for other T."""
+  time_embed = np.asarray(time_embed)
+  return time_embed[:, _nearest_index(time_embed.shape[1], num_frames)]
+
+
+def resize_pos_embed(pos_embed: np.ndarray, grid: int) -> np.ndarray:
+  """`(1, 1 + g*g, D) -> (1, 1 + grid^2, D)`: patch rows resized nearest (official forward for
+  other image sizes), the CLS row untouched."""
+  pos_embed = np.asarray(pos_embed)
+  g = int(round((pos_embed.shape[1] - 1) ** 0.5))
+  patches = pos_embed[0, 1:].reshape(g, g, -1)
+  idx = _nearest_index(g, grid)
+  patches = patches[idx][:, idx].reshape(grid * grid, -1)
+  return np.concatenate([pos_embed[:, :1], patches[None]], axis=1)
+
+
 def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
