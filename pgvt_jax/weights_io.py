@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 StateDict = dict[str, np.ndarray]
 
@@ -198,7 +199,6 @@ def save_converted(output_dir: str | os.PathLike, params_flat: dict[str, np.ndar
   Written into a temporary sibling directory, then renamed, so a crash never leaves a partial
   directory behind.
   """
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
   out = Path(output_dir)
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
