@@ -256,8 +256,8 @@ def load_any(path: str | os.PathLike, *, heads: Optional[int] = None
 def convert(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, *,
             heads: Optional[int] = None, overwrite: bool = False) -> Path:
   """Checkpoint file/dir -> converted directory (see module docstring)."""
-  if Path(output_dir).exists() and not overwrite:  # fail before the slow part
-    raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+  weights_io.check_replaceable(output_dir, overwrite, (PARAMS_FILE, CONFIG_FILE),
+                               "convert_timesformer")  # fail before the slow part
   sd = weights_io.read_state_dict(checkpoint)
   cfg, params, num_classes = convert_state_dict(
       sd, heads=heads, hf_cfg=weights_io.hf_config(checkpoint), source=str(checkpoint))
@@ -267,7 +267,8 @@ def convert(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, *,
           "source_layout": detect_layout(sd, str(checkpoint))[0]}
   flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
   out = weights_io.save_converted(output_dir, flat, info, params_file=PARAMS_FILE,
-                                  config_file=CONFIG_FILE, overwrite=overwrite)
+                                  config_file=CONFIG_FILE, overwrite=overwrite,
+                                  tool="convert_timesformer")
   logging.info("Wrote %s: %s, %d params", out, cfg, timesformer.count_params(params))
   return out
 

@@ -4,8 +4,10 @@ Order of preference, safest first:
   * `.safetensors` (and HF sharded `*.safetensors.index.json`): read without torch, no code runs.
   * plain state dicts (`.bin`/`.pt`/`.pth`): `torch.load(weights_only=True)` refuses pickled code.
   * TorchScript archives (OpenAI's released `ViT-B-16.pt` etc.): only `torch.jit.load` reads them,
-    which can run code stored in the archive, so it warns: use files you trust.
+    which can run code stored in the archive, so they are refused unless the caller opts in
+    (`trust_torchscript=True`, `--trust_torchscript` on the CLI).
 Every tensor comes back as float32 numpy (OpenAI weights are mixed fp16/fp32; bf16 is upcast).
+Weights holding NaN/inf are refused (`allow_nonfinite=True` lets them through).
 """
 
 from __future__ import annotations
@@ -64,18 +66,50 @@ def hf_config(path: str | os.PathLike) -> dict | None:
   return cfg.get("vision_config", cfg)
 
 
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-  """Any supported checkpoint file/directory -> flat float32 numpy state dict."""
+TORCHSCRIPT_HELP = (
+    "TorchScript archives (OpenAI's released ViT-*.pt files) can run code stored in the file "
+    "when loaded. Safer formats carry the same weights: a .safetensors file (e.g. open_clip's "
+    "'open_clip_model.safetensors' or Hugging Face 'openai/clip-vit-base-patch16' "
+    "model.safetensors) or a plain state dict saved with torch.save(model.state_dict()) "
+    "(read with torch.load(weights_only=True)). If you trust this file (e.g. downloaded from "
+    "OpenAI with a matching SHA-256), pass --trust_torchscript (trust_torchscript=True in "
+    "Python).")
+
+
+def read_state_dict(path: str | os.PathLike, *, trust_torchscript: bool = False,
+                    allow_nonfinite: bool = False) -> StateDict:
+  """Any supported checkpoint file/directory -> flat float32 numpy state dict.
+
+  Args:
+    path: weights file, shard index or model directory.
+    trust_torchscript: allow `torch.jit.load` on TorchScript archives (runs their code).
+    allow_nonfinite: keep tensors holding NaN/inf instead of refusing the file.
+  """
   path = resolve_checkpoint(path)
   name = path.name
   if name.endswith(".index.json"):
-    return _read_sharded(path)
-  if name.endswith(".safetensors"):
-    return _read_safetensors(path)
-  return _read_torch(path)
+    sd = _read_sharded(path, trust_torchscript)
+  elif name.endswith(".safetensors"):
+    sd = _read_safetensors(path)
+  else:
+    sd = _read_torch(path, trust_torchscript)
+  if not allow_nonfinite:
+    check_finite(sd, str(path))
+  return sd
 
 
-def _read_sharded(index_path: Path) -> StateDict:
+def check_finite(sd: StateDict, source: str) -> None:
+  """Raises CheckpointError naming the tensors that hold NaN/inf."""
+  bad = [k for k, v in sd.items()
+         if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all()]
+  if bad:
+    raise CheckpointError(
+        f"{source}: {len(bad)} tensors hold non-finite values (NaN/inf), e.g. {bad[:5]}; "
+        "the file is corrupt or from a diverged run. Pass --allow_nonfinite "
+        "(allow_nonfinite=True) to read it anyway.")
+
+
+def _read_sharded(index_path: Path, trust_torchscript: bool = False) -> StateDict:
   try:
     weight_map = json.loads(index_path.read_text())["weight_map"]
   except (json.JSONDecodeError, KeyError) as e:
@@ -87,7 +121,7 @@ def _read_sharded(index_path: Path) -> StateDict:
     if not shard_path.exists():
       raise CheckpointError(f"{index_path}: shard {shard!r} listed in weight_map is missing")
     part = _read_safetensors(shard_path) if shard.endswith(".safetensors") else _read_torch(
-        shard_path)
+        shard_path, trust_torchscript)
     out.update(part)
   missing = sorted(set(weight_map) - set(out))
   if missing:
@@ -140,15 +174,17 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
-def _read_torch(path: Path) -> StateDict:
+def _read_torch(path: Path, trust_torchscript: bool = False) -> StateDict:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CheckpointError(f"{path}: reading PyTorch files needs torch: "
                           "pip install 'pgvt_jax[convert]' (or use .safetensors)") from e
   if _is_torchscript(path):
-    warnings.warn(f"{path} is a TorchScript archive; torch.jit.load may run code stored in it. "
-                  "Only convert TorchScript files from sources you trust.", stacklevel=3)
+    if not trust_torchscript:
+      raise CheckpointError(f"{path}: refusing to load a TorchScript archive. {TORCHSCRIPT_HELP}")
+    warnings.warn(f"{path} is a TorchScript archive; loading it with torch.jit.load as asked "
+                  "(trust_torchscript): it may run code stored in it.", stacklevel=3)
     try:
       sd = torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as e:  # torch raises RuntimeError for corrupt or truncated archives.
@@ -191,27 +227,78 @@ def _to_f32(arr: np.ndarray) -> np.ndarray:
 
 
 
+def check_replaceable(out: str | os.PathLike, overwrite: bool, files: tuple[str, ...],
+                      tool: str) -> None:
+  """Raises unless `out` is absent, or `overwrite` and `out` holds exactly `files` (a
+  converter output): --overwrite never deletes anything else."""
+  out = Path(out)
+  if not out.exists() and not out.is_symlink():
+    return
+  if not overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  names = {p.name for p in out.iterdir()} if out.is_dir() and not out.is_symlink() else None
+  if names != set(files):
+    what = ("a file or symlink" if names is None else
+            f"a directory holding {sorted(names)[:8]}")
+    raise FileExistsError(
+        f"{out} is not a {tool} output ({what}; an output holds exactly "
+        f"{sorted(files)}); --overwrite only replaces converter outputs, so nothing "
+        "was deleted. Choose another --output_dir or remove it yourself.")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: filesystem/kernel cannot exchange
+    return False
+  raise OSError(err, os.strerror(err), str(a))
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+  """`tmp` becomes `out`; an old `out` is deleted only once the new one is in place."""
+  if not out.exists():
+    os.replace(tmp, out)
+    return
+  if _exchange(tmp, out):  # tmp now holds the old output
+    shutil.rmtree(tmp)
+    return
+  old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+  os.replace(out, old / out.name)   # two renames: a crash in between leaves the old output
+  os.replace(tmp, out)              # in .<name>.old-*/, never deleted
+  shutil.rmtree(old)
+
+
 def save_converted(output_dir: str | os.PathLike, params_flat: dict[str, np.ndarray],
                    info: dict, *, params_file: str = "params.safetensors",
-                   config_file: str = "config.json", overwrite: bool = False) -> Path:
-  """Writes `params_file` (safetensors) + `config_file` (JSON `info`) into `output_dir`.
+                   config_file: str = "config.json", overwrite: bool = False,
+                   tool: str = "converter") -> Path:
+  """Writes `params_file` (safetensors) + `config_file` (JSON `info`) as `output_dir`.
 
-  Written into a temporary sibling directory, then renamed, so a crash never leaves a partial
-  directory behind.
+  Shared by the converters: written into a temporary sibling, then swapped in, so a crash
+  never leaves a partial or missing directory; `overwrite` only replaces a previous output.
   """
   out = Path(output_dir)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  files = (params_file, config_file)
+  check_replaceable(out, overwrite, files, tool)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
   try:
     flat = {k: np.ascontiguousarray(v, np.float32) for k, v in params_flat.items()}
     safetensors.numpy.save_file(flat, str(tmp / params_file))
     (tmp / config_file).write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
+    check_replaceable(out, overwrite, files, tool)  # nothing else appeared there meanwhile
+    _swap_into_place(tmp, out)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out

@@ -159,15 +159,20 @@ def test_strict_conversion_names_the_bad_key():
                           heads=4)
 
 
-def test_converter_refuses_to_overwrite(tmp_path):
+def test_converter_overwrites_only_its_own_output(tmp_path):
   model = hf_model(**TINY)
   model.save_pretrained(tmp_path / "hf")
-  (tmp_path / "out").mkdir()
-  with pytest.raises(FileExistsError):
+  ct.convert(tmp_path / "hf", tmp_path / "out")
+  with pytest.raises(FileExistsError, match="--overwrite"):
     ct.convert(tmp_path / "hf", tmp_path / "out")
   ct.convert(tmp_path / "hf", tmp_path / "out", overwrite=True)
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json",
                                                                  "params.safetensors"]
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("keep")
+  with pytest.raises(FileExistsError, match="not a convert_timesformer output"):
+    ct.convert(tmp_path / "hf", tmp_path / "mine", overwrite=True)
+  assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("n_in,n_out", [(8, 16), (8, 4), (8, 6), (3, 8)])
