@@ -11,7 +11,6 @@ their initialisers; without them the backbone is random, with a warning.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -97,8 +96,7 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
   workdir.mkdir(parents=True, exist_ok=True)
   factory.check_freezing(config)
   factory.configure_data(config)  # num_joints; the family's pixel statistics unless set
-  writer = metric_writer.MetricWriter(workdir)
-  writer.write_json("config.json", json.loads(config.to_json_best_effort()))
+  writer = metric_writer.MetricWriter(workdir)  # config.json: workdir.record_config
 
   # ---------------------------------------------------------------- mesh
   mesh = partitioning.make_mesh(config.mesh)
@@ -186,10 +184,14 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.eval_every = 0           # 0: only at the end
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
+  c.restore_step = 0         # > 0: resume from this kept step (later checkpoints are deleted)
+  c.allow_config_changes = False  # resume although training fields changed (named on resume)
   c.best_metric = "eval/top1"
   c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
   c.async_checkpoints = True
-  c.aux_losses = ml_collections.ConfigDict()   # {"name": weight}, see pgvt_jax.losses
+  # {"name": weight} of registered auxiliary losses (pgvt_jax.losses); 0 = off. Declared so
+  # `--config.aux_losses.paat=1.6` works from the command line.
+  c.aux_losses = ml_collections.ConfigDict({"paat": 0.0})  # PAAT lambda (Eq. 8; paper 1.6)
   c.optim = optim.get_config()
   c.mesh = partitioning.get_config()
   c.data = data.get_config()
