@@ -284,3 +284,70 @@ def test_data_uses_the_family_pixel_statistics():
   config.data.pixel_mean = (0.5, 0.5, 0.5)  # an explicit setting wins
   factory.configure_data(config)
   assert tuple(config.data.pixel_mean) == (0.5,) * 3
+
+
+def _pose_batch(mcfg, b=2, seed=0):
+  m = ModelConfig.from_config(mcfg)
+  rng = np.random.default_rng(seed)
+  batch = {"frames": _video(m.timesformer, b, seed),
+           "pose": rng.uniform(0, 1, (b, m.pose_frames, m.num_joints, 2)).astype(np.float32),
+           "pose_mask": (rng.uniform(size=(b, m.pose_frames, m.num_joints)) > 0.3
+                         ).astype(np.float32)}
+  return m, batch
+
+
+def test_paab_sits_after_block_l_on_the_clip_level_cls():
+  """The model's PAAB path = backbone blocks 1..l, PAAB(cls (B,1,D), patches, P2D), the rest."""
+  from pgvt_jax.models import paab, pose_maps  # pylint: disable=g-import-not-at-top
+  mcfg = _tiny_model_cfg(paab_layers=(1,))
+  m, batch = _pose_batch(mcfg)
+  model = factory.create_model(mcfg)
+  params = factory.init_params(model, jax.random.key(0))
+  assert set(params) >= {"paab_1", "head", "blocks_1"} and "paat_head" not in params
+  logits, out = jax.jit(lambda p, b: model.apply({"params": p}, b))(params, batch)
+
+  ts = m.timesformer
+  s, p = ts.image_size, ts.patch_size
+  p2d, _ = pose_maps.pose_maps(batch["pose"] * s, batch["pose_mask"], image_size=s,
+                               patch_size=p)
+  backbone = timesformer.TimeSformer(ts)
+  bb = {k: v for k, v in params.items() if k not in ("paab_1", "head")}
+  block = lambda p_, i, c, x: backbone.apply({"params": p_}, i, c, x, method="block")
+
+  def manual(params, batch):
+    cls, patches = backbone.apply({"params": bb}, batch["frames"], method="embed")
+    cls, patches = block(bb, 0, cls, patches)
+    cls, patches = paab.PAAB(num_heads=ts.heads, ln_eps=timesformer.LN_EPS).apply(
+        {"params": params["paab_1"]}, cls, patches, p2d)
+    cls, patches = block(bb, 1, cls, patches)
+    feat = backbone.apply({"params": bb}, cls[:, 0], method="final_norm")
+    return feat @ params["head"]["kernel"] + params["head"]["bias"], feat
+
+  ref_logits, ref_feat = jax.jit(manual)(params, batch)
+  np.testing.assert_allclose(out["feature"], ref_feat, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+  # The pose maps matter: without any pose token PAAB changes only the CLS.
+  empty = dict(batch, pose_mask=np.zeros_like(batch["pose_mask"]))
+  logits_empty, _ = jax.jit(lambda p, b: model.apply({"params": p}, b))(params, empty)
+  assert not np.allclose(logits_empty, logits)
+
+
+def test_paat_is_training_only_on_timesformer():
+  from pgvt_jax.models import paat, pose_maps  # pylint: disable=g-import-not-at-top
+  mcfg = _tiny_model_cfg(paat_layer=1)
+  m, batch = _pose_batch(mcfg)
+  model = factory.create_model(mcfg)
+  params = factory.init_params(model, jax.random.key(0))
+  assert "paat_head" in params
+  rngs = {"dropout": jax.random.key(1), "drop_path": jax.random.key(2)}
+  _, out = jax.jit(lambda p, b: model.apply({"params": p}, b, train=True, rngs=rngs))(
+      params, batch)
+  s = m.timesformer.image_size
+  _, p3d = pose_maps.pose_maps(batch["pose"] * s, batch["pose_mask"], image_size=s,
+                               patch_size=m.timesformer.patch_size)
+  assert out["paat_logits"].shape == (2, 4, 16, 17)
+  np.testing.assert_array_equal(out["paat_targets"], p3d)
+  infer = jax.jit(lambda p, b: model.apply({"params": p}, b)[0])
+  with_pose = infer(params, batch)
+  frames_only = infer(paat.strip_training_only(params), {"frames": batch["frames"]})
+  np.testing.assert_array_equal(with_pose, frames_only)
