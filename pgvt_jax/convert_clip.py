@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,8 +33,9 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 
-from pgvt_jax import weights_io
+from pgvt_jax import replace_dir, weights_io
 from pgvt_jax.models import clip_vit
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
@@ -237,20 +240,34 @@ def convert_state_dict(sd: StateDict, *, activation: Optional[str] = None,
 
 
 # --------------------------------------------------------------------------- save / load
+_OUTPUT_FILES = frozenset({PARAMS_FILE, CONFIG_FILE})
+
+
 def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
   """Raises unless `out` is absent, or `overwrite` and `out` is exactly a converter output."""
-  weights_io.check_replaceable(out, overwrite, (PARAMS_FILE, CONFIG_FILE), "convert_clip")
+  replace_dir.check_replaceable(out, overwrite, _OUTPUT_FILES, "a convert_clip output")
 
 
 def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dict,
          metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
   """Writes aside and swaps in, so a crash never leaves a partial or missing directory."""
-  flat = {"/".join(k): np.asarray(v, np.float32)
-          for k, v in traverse_util.flatten_dict(params).items()}
-  info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
-  return weights_io.save_converted(output_dir, flat, info, params_file=PARAMS_FILE,
-                                   config_file=CONFIG_FILE, overwrite=overwrite,
-                                   tool="convert_clip")
+  out = Path(output_dir)
+  check_replaceable(out, overwrite)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    flat = {"/".join(k): np.asarray(v, np.float32)
+            for k, v in traverse_util.flatten_dict(params).items()}
+    safetensors.numpy.save_file(flat, str(tmp / PARAMS_FILE))
+    info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
+    (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    check_replaceable(out, overwrite)  # nothing else appeared there meanwhile
+    replace_dir.swap_into_place(tmp, out)
+  except BaseException:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:

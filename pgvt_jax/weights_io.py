@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import safetensors.numpy
 
 StateDict = dict[str, np.ndarray]
 
@@ -225,80 +222,3 @@ def _to_f32(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, np.float32)
   return np.asarray(arr)
 
-
-
-def check_replaceable(out: str | os.PathLike, overwrite: bool, files: tuple[str, ...],
-                      tool: str) -> None:
-  """Raises unless `out` is absent, or `overwrite` and `out` holds exactly `files` (a
-  converter output): --overwrite never deletes anything else."""
-  out = Path(out)
-  if not out.exists() and not out.is_symlink():
-    return
-  if not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-  names = {p.name for p in out.iterdir()} if out.is_dir() and not out.is_symlink() else None
-  if names != set(files):
-    what = ("a file or symlink" if names is None else
-            f"a directory holding {sorted(names)[:8]}")
-    raise FileExistsError(
-        f"{out} is not a {tool} output ({what}; an output holds exactly "
-        f"{sorted(files)}); --overwrite only replaces converter outputs, so nothing "
-        "was deleted. Choose another --output_dir or remove it yourself.")
-
-
-def _exchange(a: Path, b: Path) -> bool:
-  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.renameat2
-  except (OSError, AttributeError):
-    return False
-  at_fdcwd, rename_exchange = -100, 2
-  if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-    return True
-  err = ctypes.get_errno()
-  if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: filesystem/kernel cannot exchange
-    return False
-  raise OSError(err, os.strerror(err), str(a))
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-  """`tmp` becomes `out`; an old `out` is deleted only once the new one is in place."""
-  if not out.exists():
-    os.replace(tmp, out)
-    return
-  if _exchange(tmp, out):  # tmp now holds the old output
-    shutil.rmtree(tmp)
-    return
-  old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-  os.replace(out, old / out.name)   # two renames: a crash in between leaves the old output
-  os.replace(tmp, out)              # in .<name>.old-*/, never deleted
-  shutil.rmtree(old)
-
-
-def save_converted(output_dir: str | os.PathLike, params_flat: dict[str, np.ndarray],
-                   info: dict, *, params_file: str = "params.safetensors",
-                   config_file: str = "config.json", overwrite: bool = False,
-                   tool: str = "converter") -> Path:
-  """Writes `params_file` (safetensors) + `config_file` (JSON `info`) as `output_dir`.
-
-  Shared by the converters: written into a temporary sibling, then swapped in, so a crash
-  never leaves a partial or missing directory; `overwrite` only replaces a previous output.
-  """
-  out = Path(output_dir)
-  files = (params_file, config_file)
-  check_replaceable(out, overwrite, files, tool)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
-    flat = {k: np.ascontiguousarray(v, np.float32) for k, v in params_flat.items()}
-    safetensors.numpy.save_file(flat, str(tmp / params_file))
-    (tmp / config_file).write_text(json.dumps(info, indent=2) + "\n")
-    check_replaceable(out, overwrite, files, tool)  # nothing else appeared there meanwhile
-    _swap_into_place(tmp, out)
-  except BaseException:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
