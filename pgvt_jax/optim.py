@@ -29,6 +29,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0   # 0 disables global-norm clipping
   c.grad_accum_steps = 1   # > 1 wraps the optimizer in optax.MultiSteps
   c.label_smoothing = 0.0
+  # SGD (the PAAB/PAAT recipe, TimeSformer's trainer): momentum, coupled (L2) weight decay as in
+  # torch.optim.SGD, applied to the leaves `decay_mask` selects.
+  c.momentum = 0.9
+  c.nesterov = False
+  # "cosine" (warmup + cosine, AIM) | "steps" (warmup, then lr x lr_step_factor at each epoch of
+  # lr_step_epochs: PAAB/PAAT's 15 epochs with x0.1 at epochs 11 and 14).
+  c.schedule = "cosine"
+  c.lr_step_epochs = (11, 14)
+  c.lr_step_factor = 0.1
   return c
 
 
@@ -43,10 +52,33 @@ def decay_mask(params) -> Any:
   return traverse_util.unflatten_dict({k: not no_decay(k, v) for k, v in flat.items()})
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "steps")
+
+
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
                   steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine to `lr * final_lr_ratio` at `total_steps`."""
+  """Linear warmup from 0 to `lr`, then cosine to `lr * final_lr_ratio` at `total_steps`.
+
+  With `cfg.schedule == "steps"`: after the warmup, `lr` multiplied by `lr_step_factor` at the
+  start of each epoch in `lr_step_epochs` (0-indexed epochs, as TimeSformer's
+  `steps_with_relative_lrs`: epoch 11 is the twelfth).
+  """
+  schedule = cfg.get("schedule", "cosine")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={schedule!r}; expected one of {SCHEDULES}")
   warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+  if schedule == "steps":
+    epochs = tuple(cfg.lr_step_epochs)
+    if list(epochs) != sorted(epochs) or any(e <= 0 for e in epochs):
+      raise ValueError(f"config.optim.lr_step_epochs={epochs}: expected increasing epochs > 0")
+    # join_schedules counts the second schedule's steps from the warmup's end.
+    steps = optax.piecewise_constant_schedule(
+        cfg.lr, {int(e * steps_per_epoch) - warmup: cfg.lr_step_factor for e in epochs})
+    if not warmup:
+      return steps
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, warmup), steps], [warmup])
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.final_lr_ratio)
@@ -55,7 +87,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
 def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
                    labels: Callable[[Any], Any] | Any | None = None
                    ) -> optax.GradientTransformation:
-  """AdamW (+ optional clipping and accumulation), frozen leaves routed to set_to_zero.
+  """AdamW or SGD (+ optional clipping and accumulation), frozen leaves routed to set_to_zero.
 
   Args:
     cfg: `config.optim`.
@@ -63,13 +95,20 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
     labels: a pytree (or a function of the params) of "trainable"/"frozen" strings; None means
       every leaf it sees is trainable.
   """
-  if cfg.optimizer != "adamw":
-    raise ValueError(f"config.optim.optimizer={cfg.optimizer!r}; only 'adamw' is implemented")
-  parts = []
-  if cfg.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=decay_mask))
+  if cfg.optimizer not in OPTIMIZERS:
+    raise ValueError(f"config.optim.optimizer={cfg.optimizer!r}; expected one of {OPTIMIZERS}")
+  # identity() when off: the optimizer state has the same structure with and without clipping,
+  # so a run can enable clipping on resume (e.g. after a NaN).
+  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm > 0
+           else optax.identity()]
+  if cfg.optimizer == "sgd":
+    # torch.optim.SGD: buf = momentum * buf + (g + wd * p); p -= lr * buf.
+    if cfg.weight_decay:
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
+    parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  else:
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
   tx = optax.chain(*parts)
   if labels is None:
     labels = lambda params: jax.tree.map(lambda _: "trainable", params)

@@ -127,38 +127,47 @@ def check_params_fit(saved: dict[str, tuple], expected: dict[str, tuple], where:
   raise PredictError("\n".join(lines))
 
 
+def _factory():
+  """pgvt_jax.models.factory (every model family) where it exists, else the CLIP model."""
+  try:
+    from pgvt_jax.models import factory  # pylint: disable=g-import-not-at-top
+    return factory
+  except ImportError:
+    return pgvt
+
+
 def restore_trainable(config, model, workdir: Path, step: Optional[int] = None):
-  """(trainable params, meta, step) of the best checkpoint (else the latest), or `step`."""
-  trainable_shapes, _ = common.split_params(pgvt.param_shapes(model))
-  if not config.freeze_backbone:
-    trainable_shapes = pgvt.param_shapes(model)
+  """(trainable params, meta, step) of the best checkpoint (else the latest), or `step`.
+
+  The saved params are compared with the ones the config's model has before anything is
+  restored into it, so a checkpoint of another variant or class count is named as such.
+  """
+  shapes = _factory().param_shapes(model)
+  expected = common.split_params(shapes)[0] if config.freeze_backbone else shapes
+  if step is None:
+    try:
+      params, meta, step = checkpointing.restore_params(workdir)
+    except (FileNotFoundError, checkpointing.CheckpointIntegrityError) as e:
+      raise PredictError(f"{workdir}: {e}") from None
+    check_params_fit(_flat_shapes(params), _flat_shapes(expected),
+                     f"checkpoint {workdir} step {step}", config)
+    return params, dict(meta or {}), int(step)
   tx = optim.make_optimizer(config.optim, lambda s: 0.0,
                             labels=common.param_labels if config.freeze_backbone else None)
-  abstract = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), trainable_shapes)
+  abstract = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), expected)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   try:
-    if step is None and ckpt.best.latest_step() is not None:
-      manager, step, which = ckpt.best, ckpt.best.latest_step(), "best"
-    else:
-      manager, which = ckpt.latest, "checkpoints"
-      steps_there = manager.all_steps()
-      if not steps_there:
-        raise PredictError(f"{workdir}: no checkpoint to predict with")
-      if step is None:
-        step = manager.latest_step()
-      elif step not in steps_there:
-        raise PredictError(f"{workdir}: no checkpoint at step {step}; saved steps: "
-                           f"{sorted(steps_there)}")
-    where = f"checkpoint {workdir}/{which}/{step}"
+    kept = ckpt.all_steps()
+    if step not in kept:
+      raise PredictError(f"{workdir}: no checkpoint at step {step}; kept steps: {kept}")
     saved = checkpointing.ocp.PyTreeCheckpointer().metadata(
-        Path(manager.directory) / str(step) / "state").item_metadata["params"]
-    check_params_fit(_flat_shapes(saved), _flat_shapes(abstract["params"]), where, config)
-    restored = manager.restore(step, args=checkpointing.ocp.args.Composite(
-        state=checkpointing.ocp.args.StandardRestore(abstract),
-        meta=checkpointing.ocp.args.JsonRestore()))
+        Path(ckpt.latest.directory) / str(step) / "state").item_metadata["params"]
+    check_params_fit(_flat_shapes(saved), _flat_shapes(abstract["params"]),
+                     f"checkpoint {workdir}/checkpoints/{step}", config)
+    state, meta = ckpt.restore(abstract, None, step)
   finally:
     ckpt.close()
-  return restored["state"]["params"], dict(restored["meta"] or {}), int(step)
+  return state["params"], dict(meta or {}), int(step)
 
 
 # ---------------------------------------------------------------------------- predictor
@@ -182,8 +191,10 @@ class Predictor:
 
   @property
   def needs_pose(self) -> bool:
-    """Whether the model reads keypoints (pose_only, PGVT); pose-free models do not."""
-    return self.model.config.streams.pose
+    """Whether inference reads keypoints: a pose stream (pose_only, PGVT) or PAAB's pose maps.
+    video_only and PAAT-trained models (PAAT is training-only) need none."""
+    m = self.model.config
+    return m.streams.pose or bool(getattr(m, "paab_layers", ()))
 
   @property
   def params(self) -> dict:
@@ -291,7 +302,8 @@ class Predictor:
             ".json, an NTU .skeleton/.skeleton.npy or an .npz with keypoint (M, T, V, 2); "
             "`keypoints=` (T, V, 2) in Python), or configure a pose extractor "
             "(--extractor=mediapipe:<python of a mediapipe-0.10.21 venv>, see "
-            "data_prep/extractors.py), or use a pose-free model (variant video_only).")
+            "data_prep/extractors.py), or use a pose-free model (variant video_only, or a "
+            "PAAT-trained one without PAAB).")
 
 
 def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
@@ -312,7 +324,7 @@ def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
     raise PredictError(f"{workdir}: no such workdir")
   config = load_config(workdir) if config is None else config
   try:
-    model = pgvt.create_model(config.model)
+    model = _factory().create_model(config.model)
   except (ValueError, TypeError) as e:
     raise PredictError(f"{workdir}/config.json: {e}") from None
   skeleton = skeleton_of(config)

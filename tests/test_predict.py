@@ -178,3 +178,8 @@ def test_not_a_workdir(tmp_path, capsys):
   err = _cli_error(capsys, lambda *a: predict.run(["predict", *a]), f"--workdir={tmp_path}",
                    f"--video={tmp_path / 'x.mp4'}")
   assert "no config.json" in err
+
+
+def test_missing_step_lists_the_kept_ones(trained_run):
+  with pytest.raises(predict.PredictError, match=r"no checkpoint at step 7; kept steps: \[150\]"):
+    predict.load(trained_run[0], step=7)
