@@ -74,7 +74,8 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
     self.drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(2, 3),
                                 rng_collection="drop_path")
 
-  def temporal(self, x: Array, adapter: nn.Module, train: bool, record: str) -> Array:
+  def temporal(self, x: Array, adapter: nn.Module, train: bool,
+               record: Optional[str] = None) -> Array:
     """Eq. 1 (and AIM's temporal adaptation): x + Adapter(T-Attn(x)).
 
     T-Attn is the frozen LN + MSA applied along time: for each token position n (CLS
