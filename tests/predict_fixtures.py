@@ -14,14 +14,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pgvt_jax.experiment import trainer_config
-from pgvt_jax.models.config import model_config
-
 NUM_CLASSES = 3
 
 
 def tiny_config(data_dir: str, variant: str = "pose_only", *, steps: int = 150,
                 pose_format: str = "heatmap") -> ml_collections.ConfigDict:
+  from pgvt_jax.experiment import trainer_config  # pylint: disable=g-import-not-at-top
+  from pgvt_jax.models.config import model_config  # pylint: disable=g-import-not-at-top
   c = trainer_config()
   c.synthetic_data = ml_collections.ConfigDict(dict(
       enabled=True, data_dir=data_dir, num_train=192, num_test=24, num_classes=NUM_CLASSES,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from pgvt_jax import predict
-from tests.predict_fixtures import (NUM_CLASSES, render_mp4, short_runs,  # noqa: F401
-                                    synthetic_dir, tiny_config, trained_run)
+from tests.predict_fixtures import NUM_CLASSES, render_mp4, tiny_config
 
 
 def write_npz(path, keypoints):

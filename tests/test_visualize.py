@@ -131,8 +131,7 @@ def test_fig2_grid_png(tmp_path):
 
 
 # ------------------------------------------------------------------ command line on real runs
-from tests.predict_fixtures import (render_mp4, short_runs, synthetic_dir,  # noqa: E402,F401
-                                    tiny_config, trained_run)
+from tests.predict_fixtures import render_mp4, tiny_config  # noqa: E402  (fixtures: conftest)
 
 
 def test_cli_fig2_for_pgvt_and_baseline_runs(short_runs, tmp_path):
