@@ -61,8 +61,8 @@ def main(argv):
     else:
       metrics = train.train_and_evaluate(config, _WORKDIR.value,
                                          run_evals=_MODE.value == "train_and_evaluate")
-  except data.RecordsNotFoundError as e:  # a step the user has to take, not a bug
-    sys.exit(f"error: {e}")
+  except data.RecordsNotFoundError as e:  # a step the user has to take: names the build command
+    raise SystemExit(f"pgvt_jax: error: {e}") from None
   except expected as e:  # the message says what to do; a traceback would only bury it
     logging.error("%s: %s", type(e).__name__, e)
     raise SystemExit(f"pgvt_jax: error: {e}") from None
