@@ -64,8 +64,8 @@ LR_RECIPES = {"aim": 3e-4, "paper": 8e-6}
 def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes: int,
                     pose_frames: int, video_frames: int, joints_per_person: int = 17,
                     num_persons: int = 1, eval_clips: int = 1, eval_crops: int = 3,
-                    num_epochs: int = 50, warmup_epochs: float = 2.5
-                    ) -> ml_collections.ConfigDict:
+                    num_epochs: int = 50, warmup_epochs: float = 2.5,
+                    eval_sampling: str = "segment") -> ml_collections.ConfigDict:
   """The skeleton every dataset config shares; `arg` from parse_arg (backbone, variant, ...)."""
   from pgvt_jax.experiment import trainer_config  # pylint: disable=g-import-not-at-top
   config = trainer_config()
@@ -93,8 +93,14 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
   d.heatmap_size = config.model.get_ref("heatmap_size")
   d.num_joints = (config.model.get_ref("joints_per_person")
                   * config.model.get_ref("num_persons"))   # J = j * n
-  d.short_side = 256                                      # AIM: resize 256, crop 224
+  # AIM's test views (configs/recognition/vit/vitclip_base_{diving48,k400}.py): short side
+  # resized to the crop size (224), then 3 crops x 1 segment-sampled clip (Diving48; FineGym
+  # follows it) or 1 centre crop x 3 densely sampled clips (K400). The earlier views (short
+  # side 256, segment clips) remain: --config.data.short_side=256
+  # --config.data.eval_sampling=segment.
+  d.short_side = 0                                        # = image_size (224)
   d.eval_clips, d.eval_crops = eval_clips, eval_crops
+  d.eval_sampling = eval_sampling
   d.train_batch_size = d.eval_batch_size = 64              # global, as AIM (8 GPUs x 8)
   d.num_workers = 8
 

@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pgvt_jax import checkpointing, convert_clip, data, metric_writer, optim, partitioning, steps
+from pgvt_jax import (checkpointing, convert_clip, data, init_from, metric_writer, optim,
+                      partitioning, steps)
 from pgvt_jax.models import common, pgvt
 
 
@@ -119,6 +120,8 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
   shapes = pgvt.param_shapes(model)
   param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
   params, meta = load_params(config, model, param_sh)
+  if not any((workdir / "checkpoints").glob("[0-9]*")):  # a resumed run has its own weights
+    params = init_from.maybe_apply(config, params, meta, param_sh)
   if config.freeze_backbone:
     trainable, frozen = common.split_params(params)
   else:  # full fine-tuning: the backbone trains too (and is saved in every checkpoint)
@@ -182,6 +185,7 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.best_metric = "eval/top1"
   c.async_checkpoints = True
   c.aux_losses = ml_collections.ConfigDict()   # {"name": weight}, see pgvt_jax.losses
+  c.init_from = init_from.config()             # two-stage late fusion (Table 4 row 3)
   c.optim = optim.get_config()
   c.mesh = partitioning.get_config()
   c.data = data.get_config()

@@ -25,30 +25,46 @@ def get_config() -> ml_collections.ConfigDict:
   c.b1, c.b2, c.eps = 0.9, 0.999, 1e-8
   c.weight_decay = 0.05
   c.warmup_epochs = 2.5    # AIM: 2.5 of 50 epochs
+  c.warmup_ratio = 0.1     # warmup starts at warmup_ratio * lr (mmcv's linear warmup default)
   c.final_lr_ratio = 0.0   # cosine decays to lr * final_lr_ratio
   c.grad_clip_norm = 0.0   # 0 disables global-norm clipping
   c.grad_accum_steps = 1   # > 1 wraps the optimizer in optax.MultiSteps
   c.label_smoothing = 0.0
+  # Params whose path contains one of these names are not weight-decayed; everything else
+  # (adapter and head biases, temporal embeddings, R-Adapter) is. AIM's `paramwise_cfg`
+  # (configs/recognition/vit/vitclip_base_diving48.py): class/positional embeddings and the
+  # LayerNorms. ("ln_post" also covers ln_post_pose, as mmcv matches substrings.)
+  c.no_decay = AIM_NO_DECAY
   return c
 
 
-def no_decay(path: tuple[str, ...], leaf: Any) -> bool:
-  """Biases, LayerNorm scales and embedding tables are not weight-decayed."""
-  name = "/".join(path)
-  return getattr(leaf, "ndim", 0) < 2 or "embedding" in name
+AIM_NO_DECAY = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
 
 
-def decay_mask(params) -> Any:
+def no_decay(path: tuple[str, ...], names=AIM_NO_DECAY) -> bool:
+  """True if a param path contains one of `names` (mmcv custom_keys: substring match)."""
+  full = "/".join(path)
+  return any(n in full for n in names)
+
+
+def decay_mask(params, names=AIM_NO_DECAY) -> Any:
+  """Same tree as `params`: True where weight decay applies."""
   flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({k: not no_decay(k, v) for k, v in flat.items()})
+  return traverse_util.unflatten_dict({k: not no_decay(k, tuple(names)) for k in flat})
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
                   steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine to `lr * final_lr_ratio` at `total_steps`."""
+  """Linear warmup from `warmup_ratio * lr` to `lr`, then cosine to `lr * final_lr_ratio`.
+
+  mmcv's linear warmup (AIM) starts at warmup_ratio = 0.1 of the rate, not at 0.
+  """
   warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+  ratio = cfg.get("warmup_ratio", 0.1)
+  if not 0 <= ratio <= 1:
+    raise ValueError(f"config.optim.warmup_ratio={ratio}: expected 0 <= ratio <= 1")
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+      init_value=cfg.lr * ratio, peak_value=cfg.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.final_lr_ratio)
 
 
@@ -69,7 +85,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=decay_mask))
+                           weight_decay=cfg.weight_decay,
+                           mask=lambda p: decay_mask(p, cfg.get("no_decay", AIM_NO_DECAY))))
   tx = optax.chain(*parts)
   if labels is None:
     labels = lambda params: jax.tree.map(lambda _: "trainable", params)

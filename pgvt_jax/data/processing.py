@@ -46,7 +46,7 @@ def example_spec(cfg: ml_collections.ConfigDict, num_joints: int,
       "label": ((), np.int32),
       "video_index": ((), np.int32),
   }
-  if cfg.pose_format == "heatmap":
+  if cfg.pose_format in ("heatmap", "heatmap_rgb"):
     hh = cfg.heatmap_size
     spec["pose_heatmap"] = ((cfg.pose_frames, hh, hh, j), np.float32)
   if eval_rows:
@@ -112,9 +112,18 @@ class ClipProcessor:
     cfg = self.cfg
     clip, crop = divmod(view, cfg.eval_crops)
     frames, kp, score = self._parse(record)
-    vidx, pidx = sampling.sample_aligned(
-        frames.count, cfg.num_frames, cfg.pose_frames, clip=clip,
-        num_clips=cfg.eval_clips)
+    if cfg.get("eval_sampling", "segment") == "dense":  # AIM's K400 test views
+      # The span (AIM: 8 frames x 16 = 16 x 8 source frames at ~30 fps) scaled to the
+      # stored frame rate.
+      fps = float(np.asarray(record.get("fps", 0.0) or 0.0))
+      rate = fps / cfg.dense_source_fps if fps > 0 else 1.0
+      stride = max(cfg.dense_span / cfg.num_frames * rate, 1e-6)
+      vidx, pidx = sampling.dense_indices(frames.count, cfg.num_frames, cfg.pose_frames,
+                                          stride, clip=clip, num_clips=cfg.eval_clips)
+    else:  # segment sampling: one frame per segment (AIM's Diving48 test, frame_uniform)
+      vidx, pidx = sampling.sample_aligned(
+          frames.count, cfg.num_frames, cfg.pose_frames, clip=clip,
+          num_clips=cfg.eval_clips)
     box = augment.eval_crop_boxes(frames.height, frames.width,
                                   cfg.short_side or cfg.image_size,
                                   cfg.image_size, cfg.eval_crops)[crop]
@@ -176,7 +185,7 @@ class ClipProcessor:
         "label": np.int32(record["label"]),
         "video_index": np.int32(index),
     }
-    if cfg.pose_format == "heatmap":
+    if cfg.pose_format in ("heatmap", "heatmap_rgb"):
       ex["pose_heatmap"] = augment.gaussian_heatmaps(
           pose, mask, cfg.heatmap_size, cfg.heatmap_sigma)
     return ex
