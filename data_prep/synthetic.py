@@ -16,12 +16,13 @@ i.e. one class onto another: do not flip-augment this dataset (the builder
 stores `horizontal_flip_safe=False` in its metadata).
 
 Class set "pose_video" (the PGVT demo) makes the two modalities complementary:
-class = (motion, held object). The motion is one of the "coarse" limb-pair
-rotations and is read best from the keypoints; the figure holds a ball in its
-right hand whose colour (red or blue) is drawn only in the frames (the
-keypoints carry no trace of it). A pose-only model can at best tell the
-motion (top-1 <= 1/2 with two colours), a video-only model must read the
-motion from small moving limbs; a model that uses both can reach 1.
+class = (motion, ball colour). The motion is one of the "coarse" limb-pair
+rotations (arms, legs, ...) and is read best from the keypoints; a ball lies
+still on the floor beside the person, red or blue, drawn only in the frames
+(the keypoints carry no trace of it, and it does not move with the limbs). A
+pose-only model can at best tell the motion (top-1 <= 1/2 with two colours),
+a video-only model must read the motion from thin moving limbs; a model that
+uses both can reach 1.
 
   path = build("/tmp/pgvt_data", num_train=256, num_test=64, num_classes=8)
   src = tfds.builder_from_directory(path).as_data_source("train")
@@ -63,7 +64,7 @@ class Rotation:
 
 
 CLASS_SETS = ("fine", "coarse", "pose_video")
-# "pose_video": the colour of the held ball, the cue only the frames carry. Saturated and far
+# "pose_video": the colour of the ball on the floor, the cue only the frames carry. Saturated and far
 # apart, on the muted backgrounds that class set uses.
 BALL_COLOURS = {"red": (225, 30, 30), "blue": (30, 70, 235)}
 
@@ -104,7 +105,7 @@ def class_definitions(num_classes: int, class_set: str = "fine"
 
 def held_objects(num_classes: int, class_set: str = "fine"
                  ) -> list[tuple[int, int, int] | None]:
-  """Per class, the RGB colour of the ball in the right hand (None: no ball)."""
+  """Per class, the RGB colour of the ball beside the person (None: no ball)."""
   if class_set != "pose_video":
     return [None] * num_classes
   colours = list(BALL_COLOURS.values())
@@ -207,8 +208,8 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
                ) -> tuple[video_lib.DecodedVideo, np.ndarray]:
   """One clip: frames and the exact keypoints of the drawn figure.
 
-  held_object: RGB of a ball drawn in the right hand (on muted backgrounds); the keypoints do
-  not change.
+  held_object: RGB of a ball lying still beside the person (on muted backgrounds); the
+  keypoints do not change.
 
   Returns:
     (video, keypoints (T, 17, 2) float32 in frame pixels).
@@ -221,10 +222,18 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
   # Camera jitter: a clipped random walk of the crop window.
   steps = rng.normal(0.0, 0.8, (num_frames, 2))
   offset = np.clip(np.cumsum(steps, 0) + pad, 0, 2 * pad).round().astype(int)
-  color = tuple(int(c) for c in rng.integers(0, 256, 3))
+  color = rng.integers(0, 256, 3)
+  if held_object is not None:  # muted figure too: the ball is the only saturated colour
+    color = color.mean() + 0.25 * (color - color.mean())
+  color = tuple(int(c) for c in color)
   outline = tuple(255 - c for c in color)
   width = max(2, round(size / 40 * rng.uniform(0.8, 1.3)))
   head_r = size / 30
+  if held_object is not None:  # beside the hips at foot level, left or right (frame 0 pose)
+    hip = (pts[0, 11] + pts[0, 12]) / 2
+    torso = np.linalg.norm(hip - (pts[0, 5] + pts[0, 6]) / 2)
+    ball = hip + torso * np.array([rng.choice((-1.0, 1.0)) * 1.3, 1.35])
+    ball_r = size / 11
   frames = np.empty((num_frames, size, size, 3), np.uint8)
   kps = np.empty((num_frames, 17, 2), np.float32)
   for i in range(num_frames):
@@ -239,10 +248,10 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
     nx, ny = p[0]
     draw.ellipse((nx - head_r, ny - head_r, nx + head_r, ny + head_r),
                  fill=color, outline=outline)
-    if held_object is not None:  # ball in the right hand, past the wrist along the forearm
-      hx, hy = p[10] + 0.4 * (p[10] - p[8])
-      r = size / 11
-      draw.ellipse((hx - r, hy - r, hx + r, hy + r), fill=held_object, outline=(0, 0, 0))
+    if held_object is not None:  # the ball lies still on the floor beside the person
+      bx, by = ball - (ox, oy)
+      draw.ellipse((bx - ball_r, by - ball_r, bx + ball_r, by + ball_r), fill=held_object,
+                   outline=(0, 0, 0))
     frames[i] = np.asarray(img)
     kps[i] = p
   video = video_lib.DecodedVideo(

@@ -227,3 +227,43 @@ def test_heatmap_rgb_counts_near_paper():
   s = model_stats.model_stats(table6.get_config("form=heatmap_rgb").model)
   assert round(s["tunable_params"] / 1e6) == 11
   assert abs(s["gflops"] - 311) / 311 < 0.05, s["gflops"]
+
+
+def _two_person_record(t=8, w=96, h=48):
+  """Person A (left, score 0.9, walking right) and B (right, 0.5); slots swap every frame."""
+  rng = np.random.default_rng(0)
+  kp = np.zeros((t, 2, 17, 2), np.float32)
+  score = np.zeros((t, 2, 17), np.float32)
+  for i in range(t):
+    a = np.stack([rng.uniform(8, 28, 17) + i, rng.uniform(8, 40, 17)], -1)
+    b = np.stack([rng.uniform(60, 80, 17), rng.uniform(8, 40, 17)], -1)
+    first, second = (a, b) if i % 2 == 0 else (b, a)
+    sa, sb = (0.9, 0.5) if i % 2 == 0 else (0.5, 0.9)
+    kp[i, 0], kp[i, 1], score[i, 0], score[i, 1] = first, second, sa, sb
+  return {"video_id": "two", "label": 0, "frames": np.zeros((t, h, w, 3), np.uint8),
+          "keypoints": kp, "keypoint_score": score}
+
+
+def test_person_tracking_keeps_one_person():
+  from pgvt_jax import data, skeletons
+  from pgvt_jax.data import augment
+  rec = _two_person_record()
+  kp, sc = augment.link_persons(rec["keypoints"], rec["keypoint_score"])
+  assert (kp[:, 0, :, 0].max() < 40) and (kp[:, 1, :, 0].min() > 55)   # slot = person
+  np.testing.assert_allclose(sc[:, 0, 0], 0.9)
+  cfg = data.get_config()
+  cfg.update(dict(num_frames=8, pose_frames=8, image_size=32, max_persons=1, eval_crops=1,
+                  score_threshold=0.1))
+  # The eval crop is the centre 48 x 48 of the 96 px width (x in [24, 72)): A is on its left
+  # half in every frame once linked; without linking slot 0 jumps between A and B.
+  for tracking, steady in (("iou", True), ("none", False)):
+    cfg.person_tracking = tracking
+    ex = data.ClipProcessor(cfg, skeletons.COCO17).view(rec, 0, 0)
+    mean_x = np.array([ex["pose"][i, ex["pose_mask"][i] > 0, 0].mean()
+                       if ex["pose_mask"][i].any() else -1 for i in range(8)])
+    assert (np.all(mean_x < 0.5) if steady else np.any(mean_x > 0.5)), (tracking, mean_x)
+  # A person absent in some frames keeps its track when it comes back.
+  kp2, sc2 = rec["keypoints"].copy(), rec["keypoint_score"].copy()
+  sc2[3] = 0.0
+  kp, sc = augment.link_persons(kp2, sc2)
+  assert kp[4:, 0, :, 0].max() < 40 and sc[3].max() == 0

@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Pose: up to max_persons persons by mean score, J = V * max_persons joints,
   # person-major. Joints with score <= score_threshold are masked.
   c.max_persons = 1
+  # "iou": link each frame's persons into tracks by box IoU before choosing the persons with
+  # the highest mean score over the whole record (detector pickles list persons per frame in
+  # no stable order). "none": use the stored person slots as tracks (tracked data, e.g. NTU).
+  c.person_tracking = "iou"
   c.num_joints = 0         # if > 0: asserted == V * max_persons (model's J)
   c.score_threshold = 0.1
   c.pose_format = "coords"  # "coords" | "heatmap" | "heatmap_rgb" (both add "pose_heatmap")

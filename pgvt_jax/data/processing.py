@@ -162,6 +162,11 @@ class ClipProcessor:
           f"record {vid!r}: keypoints {kp.shape} / keypoint_score "
           f"{score.shape} do not match (T={frames.count}, M, "
           f"V={v} [{self.skeleton.name}], 2) / (T, M, V)")
+    tracking = self.cfg.get("person_tracking", "iou")
+    if tracking == "iou":  # slot m = one person over the clip (untracked pickles)
+      kp, score = augment.link_persons(kp, score)
+    elif tracking != "none":
+      raise ValueError(f"config.data.person_tracking={tracking!r}: expected 'iou' or 'none'")
     return frames, kp, score
 
   def _example(self, record, index, frames, kp, score, vidx, pidx, box, flip):
