@@ -85,6 +85,12 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
   d = config.data
   d.builder_dir = f"{DATA_ROOT}/{RECORDS[dataset]}"
   d.train_split, d.eval_split = SPLITS[dataset]
+  val = int(arg.get("val", 0))
+  if val:  # model selection on a validation split carved from train; test measured at the end
+    if not 0 < val < 100:
+      raise ValueError(f"config argument val={val}: a percentage of train in 1..99")
+    d.test_split = d.eval_split
+    d.train_split, d.eval_split = f"train[:{100 - val}%]", f"train[{100 - val}%:]"
   d.num_frames = config.model.get_ref("video_frames")      # T_l
   d.pose_frames = config.model.get_ref("pose_frames")      # T_h
   d.image_size = config.model.get_ref("image_size")        # S

@@ -267,3 +267,20 @@ def test_person_tracking_keeps_one_person():
   sc2[3] = 0.0
   kp, sc = augment.link_persons(kp2, sc2)
   assert kp[4:, 0, :, 0].max() < 40 and sc[3].max() == 0
+
+
+def test_validation_split_carved_from_train():
+  from configs import diving48
+  d = diving48.get_config("val=10").data
+  assert (d.train_split, d.eval_split, d.test_split) == ("train[:90%]", "train[90%:]", "test")
+  d = diving48.get_config().data
+  assert (d.train_split, d.eval_split, d.test_split) == ("train", "test", "")
+
+
+def test_best_eval_reads_the_log(tmp_path):
+  import json
+  from pgvt_jax import train
+  lines = [{"step": 10, "train/loss": 1.0}, {"step": 20, "eval/top1": 0.5},
+           {"step": 40, "eval/top1": 0.75, "eval/top5": 1.0}, {"step": 60, "eval/top1": 0.6}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+  assert train.best_eval(tmp_path, "eval/top1") == lines[2]

@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.train_split = "train"
   c.eval_split = "test"
+  # Optional: evaluated once at the end, for the final and the best/ checkpoint (best/ is
+  # picked on eval_split). With a validation split carved from train, e.g.
+  # train_split="train[:90%]", eval_split="train[90%:]", test_split="test".
+  c.test_split = ""
   # Joint layout (pgvt_jax.skeletons name). "" = read it from the dataset's
   # metadata (key "skeleton").
   c.skeleton = ""
