@@ -65,8 +65,13 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
                     pose_frames: int, video_frames: int, joints_per_person: int = 17,
                     num_persons: int = 1, eval_clips: int = 1, eval_crops: int = 3,
                     num_epochs: int = 50, warmup_epochs: float = 2.5,
+                    builder_dir: str | None = None, splits: tuple[str, str] | None = None,
                     eval_sampling: str = "segment") -> ml_collections.ConfigDict:
-  """The skeleton every dataset config shares; `arg` from parse_arg (backbone, variant, ...)."""
+  """The skeleton every dataset config shares; `arg` from parse_arg (backbone, variant, ...).
+
+  The records are read from `builder_dir`, by default `DATA_ROOT/RECORDS[dataset]`, with
+  `splits` (train, eval), by default `SPLITS[dataset]`.
+  """
   from pgvt_jax.experiment import trainer_config  # pylint: disable=g-import-not-at-top
   config = trainer_config()
   model = dict(variant=arg.variant, backbone=BACKBONES[arg.backbone], image_size=224,
@@ -83,8 +88,8 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
   # The fields below follow config.model by reference, so overriding
   # --config.model.video_frames also changes what the pipeline samples.
   d = config.data
-  d.builder_dir = f"{DATA_ROOT}/{RECORDS[dataset]}"
-  d.train_split, d.eval_split = SPLITS[dataset]
+  d.builder_dir = builder_dir or f"{DATA_ROOT}/{RECORDS[dataset]}"
+  d.train_split, d.eval_split = splits or SPLITS[dataset]
   val = int(arg.get("val", 0))
   if val:  # model selection on a validation split carved from train; test measured at the end
     if not 0 < val < 100:

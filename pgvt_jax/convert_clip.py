@@ -1,7 +1,13 @@
 r"""Convert PyTorch CLIP image towers (OpenAI, open_clip, Hugging Face) to pgvt_jax Flax params.
 
     python -m pgvt_jax.convert_clip --checkpoint=ViT-B-16.pt --output_dir=weights/clip_b16 \
-        [--image_size=256] [--activation=quick_gelu|gelu] [--overwrite]
+        [--image_size=256] [--activation=quick_gelu|gelu] [--overwrite] [--trust_torchscript]
+
+OpenAI's released `.pt` files are TorchScript archives, which can run code when loaded: they are
+refused unless `--trust_torchscript` is passed (prefer .safetensors or plain state dicts).
+Weights holding NaN/inf are refused unless `--allow_nonfinite`. `--overwrite` only ever replaces
+a directory this converter wrote (exactly `params.safetensors` + `config.json`); the new output
+is swapped in atomically and only then is the old one deleted.
 
 The source layout is detected from key names; width, layers, heads, patch size and resolution
 are read from tensor shapes. The output directory holds `params.safetensors` (flat keys
@@ -234,12 +240,63 @@ def convert_state_dict(sd: StateDict, *, activation: Optional[str] = None,
 
 
 # --------------------------------------------------------------------------- save / load
+_OUTPUT_FILES = frozenset({PARAMS_FILE, CONFIG_FILE})
+
+
+def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
+  """Raises unless `out` is absent, or `overwrite` and `out` is exactly a converter output."""
+  out = Path(out)
+  if not out.exists() and not out.is_symlink():
+    return
+  if not overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  names = {p.name for p in out.iterdir()} if out.is_dir() and not out.is_symlink() else None
+  if names != _OUTPUT_FILES:
+    what = ("a file or symlink" if names is None else
+            f"a directory holding {sorted(names)[:8]}")
+    raise FileExistsError(
+        f"{out} is not a convert_clip output ({what}; an output holds exactly "
+        f"{sorted(_OUTPUT_FILES)}); --overwrite only replaces converter outputs, so nothing "
+        "was deleted. Choose another --output_dir or remove it yourself.")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: filesystem/kernel cannot exchange
+    return False
+  raise OSError(err, os.strerror(err), str(a))
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+  """`tmp` becomes `out`; an old `out` is deleted only once the new one is in place."""
+  if not out.exists():
+    os.replace(tmp, out)
+    return
+  if _exchange(tmp, out):  # tmp now holds the old output
+    shutil.rmtree(tmp)
+    return
+  old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+  os.replace(out, old / out.name)   # two renames: a crash in between leaves the old output
+  os.replace(tmp, out)              # in .<name>.old-*/ (logged below), never deleted
+  logging.info("Replaced %s (old output moved aside, now deleted)", out)
+  shutil.rmtree(old)
+
+
 def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dict,
          metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
-  """Writes aside and renames, so a crash never leaves a partial directory."""
+  """Writes aside and swaps in, so a crash never leaves a partial or missing directory."""
   out = Path(output_dir)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  check_replaceable(out, overwrite)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
   try:
@@ -248,11 +305,11 @@ def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dic
     safetensors.numpy.save_file(flat, str(tmp / PARAMS_FILE))
     info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
     (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
+    check_replaceable(out, overwrite)  # nothing else appeared there meanwhile
+    _swap_into_place(tmp, out)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
 
@@ -262,7 +319,8 @@ def is_converted_dir(path: str | os.PathLike) -> bool:
   return (path / PARAMS_FILE).exists() and (path / CONFIG_FILE).exists()
 
 
-def load(directory: str | os.PathLike) -> tuple[clip_vit.ClipVitConfig, dict]:
+def load(directory: str | os.PathLike, *, allow_nonfinite: bool = False
+         ) -> tuple[clip_vit.ClipVitConfig, dict]:
   """A converted directory -> `(ClipVitConfig, params)`, params a nested dict of float32 arrays."""
   directory = Path(directory)
   if not is_converted_dir(directory):
@@ -270,7 +328,7 @@ def load(directory: str | os.PathLike) -> tuple[clip_vit.ClipVitConfig, dict]:
                           f"and {CONFIG_FILE}); create one with python -m pgvt_jax.convert_clip")
   info = json.loads((directory / CONFIG_FILE).read_text())
   cfg = clip_vit.ClipVitConfig(**info["architecture"])
-  flat = weights_io.read_state_dict(directory / PARAMS_FILE)
+  flat = weights_io.read_state_dict(directory / PARAMS_FILE, allow_nonfinite=allow_nonfinite)
   params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
   shapes = expected_shapes(cfg)
   got = {k: v.shape for k, v in traverse_util.flatten_dict(params).items()}
@@ -282,27 +340,34 @@ def load(directory: str | os.PathLike) -> tuple[clip_vit.ClipVitConfig, dict]:
 
 
 def load_any(path: str | os.PathLike, *, activation: Optional[str] = None,
-             image_size: Optional[int] = None) -> tuple[clip_vit.ClipVitConfig, dict]:
-  """A converted directory or any PyTorch checkpoint -> `(config, params)`."""
+             image_size: Optional[int] = None, trust_torchscript: bool = False,
+             allow_nonfinite: bool = False) -> tuple[clip_vit.ClipVitConfig, dict]:
+  """A converted directory or any PyTorch checkpoint -> `(config, params)`.
+
+  `trust_torchscript` lets TorchScript archives load (they may run code); `allow_nonfinite`
+  keeps NaN/inf weights instead of refusing them.
+  """
   if is_converted_dir(path):
-    cfg, params = load(path)
+    cfg, params = load(path, allow_nonfinite=allow_nonfinite)
     if image_size is not None and image_size != cfg.image_size:
       params = dict(params, positional_embedding=np.asarray(clip_vit.resize_pos_embed(
           params["positional_embedding"], image_size // cfg.patch_size)))
       cfg = cfg.replace(image_size=image_size)
     return cfg, params
-  sd = weights_io.read_state_dict(path)
+  sd = weights_io.read_state_dict(path, trust_torchscript=trust_torchscript,
+                                  allow_nonfinite=allow_nonfinite)
   return convert_state_dict(sd, activation=activation, image_size=image_size,
                             hf_cfg=weights_io.hf_config(path), source=str(path))
 
 
 def convert(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, *,
             activation: Optional[str] = None, image_size: Optional[int] = None,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, trust_torchscript: bool = False,
+            allow_nonfinite: bool = False) -> Path:
   """Checkpoint file/dir -> converted directory (see module docstring)."""
-  if Path(output_dir).exists() and not overwrite:  # fail before the slow part
-    raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
-  sd = weights_io.read_state_dict(checkpoint)
+  check_replaceable(output_dir, overwrite)  # fail before the slow part
+  sd = weights_io.read_state_dict(checkpoint, trust_torchscript=trust_torchscript,
+                                  allow_nonfinite=allow_nonfinite)
   cfg, params = convert_state_dict(sd, activation=activation, image_size=image_size,
                                    hf_cfg=weights_io.hf_config(checkpoint), source=str(checkpoint))
   meta = {"source": str(Path(checkpoint).resolve()),
@@ -313,13 +378,14 @@ def convert(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, *,
 
 
 def encode_image(path: str | os.PathLike, images: np.ndarray, *, batch_size: int = 32,
-                 activation: Optional[str] = None) -> np.ndarray:
+                 activation: Optional[str] = None, trust_torchscript: bool = False
+                 ) -> np.ndarray:
   """`(B, S, S, 3)` CLIP-normalised float32 images -> `(B, E)` projected embeddings.
 
   `path` is a converted directory or a PyTorch checkpoint; the result equals PyTorch's
   `model.encode_image` (NCHW there, NHWC here).
   """
-  cfg, params = load_any(path, activation=activation)
+  cfg, params = load_any(path, activation=activation, trust_torchscript=trust_torchscript)
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
     raise ValueError(f"images have shape {images.shape}; expected (B, {cfg.image_size}, "
@@ -337,7 +403,12 @@ flags.DEFINE_string("output_dir", None, "Directory to write (must not exist unle
 flags.DEFINE_integer("image_size", None, "Resize the positional embedding for this input size.")
 flags.DEFINE_enum("activation", None, sorted(clip_vit.ACTIVATIONS),
                   "Override the MLP activation (not stored in OpenAI/open_clip weights).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+flags.DEFINE_bool("overwrite", False,
+                  "Replace an existing output directory (only one this converter wrote).")
+flags.DEFINE_bool("trust_torchscript", False,
+                  "Load TorchScript archives (OpenAI's .pt releases) with torch.jit.load, which "
+                  "can run code stored in the file: only for files from a source you trust.")
+flags.DEFINE_bool("allow_nonfinite", False, "Convert weights that hold NaN/inf.")
 
 
 def main(argv):
@@ -347,7 +418,8 @@ def main(argv):
     raise app.UsageError("--checkpoint and --output_dir are required")
   try:
     convert(f.checkpoint, f.output_dir, activation=f.activation, image_size=f.image_size,
-            overwrite=f.overwrite)
+            overwrite=f.overwrite, trust_torchscript=f.trust_torchscript,
+            allow_nonfinite=f.allow_nonfinite)
   except (CheckpointError, FileExistsError, ValueError) as e:
     raise SystemExit(f"convert_clip: error: {e}") from None
 

@@ -1,8 +1,9 @@
-"""Multi-view evaluation metrics: per-video score averaging, top-k, mean class accuracy.
+"""Multi-view evaluation metrics: per-video score combination, top-k, mean class accuracy.
 
 Eval batches carry one row per (video, view) plus padding rows (`valid == False`); the scores
-of a video's views are averaged (softmax probabilities, as mmaction2's `average_clips="prob"`
-and AIM do) before any metric is computed.
+of a video's views are combined before any metric is computed: averaged ("mean": softmax
+probabilities, as mmaction2's `average_clips="prob"` and AIM do) or their element-wise maximum
+("max": TimeSformer's `ENSEMBLE_METHOD: max`, the PAAB/PAAT recipe).
 """
 
 from __future__ import annotations
@@ -13,14 +14,22 @@ from pathlib import Path
 import numpy as np
 
 
+COMBINE = ("mean", "max")
+
+
 @dataclasses.dataclass
 class ViewAccumulator:
-  """Sums per-view class probabilities by video. Feed it host numpy arrays."""
+  """Combines per-view class probabilities by video ("mean" or "max"). Feed it host numpy
+  arrays."""
   num_videos: int
   num_classes: int
+  combine: str = "mean"
 
   def __post_init__(self):
-    self.scores = np.zeros((self.num_videos, self.num_classes), np.float64)
+    if self.combine not in COMBINE:
+      raise ValueError(f"eval_combine={self.combine!r}; expected one of {COMBINE}")
+    fill = -np.inf if self.combine == "max" else 0.0
+    self.scores = np.full((self.num_videos, self.num_classes), fill, np.float64)
     self.views = np.zeros((self.num_videos,), np.int64)
     self.labels = np.full((self.num_videos,), -1, np.int64)
 
@@ -29,7 +38,8 @@ class ViewAccumulator:
     """probs `(B, C)`, label/video_index/valid `(B,)`; rows with valid=False are ignored."""
     keep = np.asarray(valid, bool)
     vid, lab = np.asarray(video_index)[keep], np.asarray(label)[keep]
-    np.add.at(self.scores, vid, np.asarray(probs, np.float64)[keep])
+    reduce = np.maximum if self.combine == "max" else np.add
+    reduce.at(self.scores, vid, np.asarray(probs, np.float64)[keep])
     np.add.at(self.views, vid, 1)
     seen = self.labels[vid]
     if np.any((seen >= 0) & (seen != lab)):
@@ -44,7 +54,8 @@ class ViewAccumulator:
       bad = np.flatnonzero(self.views != expected_views)
       raise ValueError(f"videos {bad[:5]} got {self.views[bad[:5]]} views, expected "
                        f"{expected_views}")
-    return classification_metrics(self.scores / self.views[:, None], self.labels)
+    scores = self.scores if self.combine == "max" else self.scores / self.views[:, None]
+    return classification_metrics(scores, self.labels)
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -183,6 +183,7 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   c.best_metric = "eval/top1"
+  c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
   c.async_checkpoints = True
   c.aux_losses = ml_collections.ConfigDict()   # {"name": weight}, see pgvt_jax.losses
   c.init_from = init_from.config()             # two-stage late fusion (Table 4 row 3)

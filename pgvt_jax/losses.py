@@ -58,3 +58,16 @@ def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Any], *, num_clas
       metrics[f"aux_{name}"] = aux
       loss = loss + weight * aux
   return loss, metrics
+
+
+@register_aux_loss("paat")
+def paat_aux_loss(outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> jax.Array:
+  """PAAT (PAAB/PAAT paper Eq. 8): BCE of the patch-keypoint logits a model with
+  `config.model.paat_layer > 0` puts into its outputs in train mode; weight = lambda."""
+  del batch
+  from pgvt_jax.models import paat  # pylint: disable=g-import-not-at-top
+  if "paat_logits" not in outputs or "paat_targets" not in outputs:
+    raise ValueError("config.aux_losses.paat is set but the model produced no PAAT outputs "
+                     "(paat_logits / paat_targets): set config.model.paat_layer > 0, or drop "
+                     "config.aux_losses.paat")
+  return paat.paat_loss(outputs["paat_logits"], outputs["paat_targets"])

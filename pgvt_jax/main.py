@@ -11,14 +11,15 @@ Rerunning the same command resumes from the workdir's latest checkpoint. Multi-h
 """
 
 import logging as logging_std
+import sys
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
-from pgvt_jax import train
+from pgvt_jax import config_files, data, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+# `configs/<name>.py` resolves from any working directory (pgvt_jax.config_files).
+_CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _MODE = flags.DEFINE_enum("mode", "train_and_evaluate", ["train_and_evaluate", "train",
@@ -49,11 +50,14 @@ def main(argv):
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   config = _CONFIG.value
-  if _MODE.value == "evaluate":
-    metrics = train.evaluate(config, _WORKDIR.value)
-  else:
-    metrics = train.train_and_evaluate(config, _WORKDIR.value,
-                                       run_evals=_MODE.value == "train_and_evaluate")
+  try:
+    if _MODE.value == "evaluate":
+      metrics = train.evaluate(config, _WORKDIR.value)
+    else:
+      metrics = train.train_and_evaluate(config, _WORKDIR.value,
+                                         run_evals=_MODE.value == "train_and_evaluate")
+  except data.RecordsNotFoundError as e:  # a step the user has to take, not a bug
+    sys.exit(f"error: {e}")
   logging.info("Final metrics: %s", metrics)
   if jax.process_index() == 0:
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})

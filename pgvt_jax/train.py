@@ -39,12 +39,13 @@ def _any_host(flag: bool) -> bool:
 
 def run_eval(exp: Experiment, params, frozen, *, tag: str = "eval",
              save_dir: Path | None = None, source=None) -> dict:
-  """One pass over the eval split (or `source`): views averaged per video, then top-1/5 and
-  class accuracy."""
+  """One pass over the eval split (or `source`): views combined per video
+  (config.eval_combine: mean or max), then top-1/5 and class accuracy."""
   cfg = exp.config
   source = exp.eval_source if source is None else source
   it, info = data.make_eval_iterator(cfg.data, source)
-  acc = evaluation.ViewAccumulator(info.num_videos, cfg.model.num_classes)
+  acc = evaluation.ViewAccumulator(info.num_videos, cfg.model.num_classes,
+                                   combine=cfg.get("eval_combine", "mean"))
   for host_batch in it:
     batch = data.to_global(dict(host_batch), exp.batch_sharding)
     probs, label, vid, valid = jax.device_get(exp.eval_step(params, frozen, batch))

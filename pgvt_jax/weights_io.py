@@ -4,8 +4,10 @@ Order of preference, safest first:
   * `.safetensors` (and HF sharded `*.safetensors.index.json`): read without torch, no code runs.
   * plain state dicts (`.bin`/`.pt`/`.pth`): `torch.load(weights_only=True)` refuses pickled code.
   * TorchScript archives (OpenAI's released `ViT-B-16.pt` etc.): only `torch.jit.load` reads them,
-    which can run code stored in the archive, so it warns: use files you trust.
+    which can run code stored in the archive, so they are refused unless the caller opts in
+    (`trust_torchscript=True`, `--trust_torchscript` on the CLI).
 Every tensor comes back as float32 numpy (OpenAI weights are mixed fp16/fp32; bf16 is upcast).
+Weights holding NaN/inf are refused (`allow_nonfinite=True` lets them through).
 """
 
 from __future__ import annotations
@@ -60,18 +62,50 @@ def hf_config(path: str | os.PathLike) -> dict | None:
   return cfg.get("vision_config", cfg)
 
 
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-  """Any supported checkpoint file/directory -> flat float32 numpy state dict."""
+TORCHSCRIPT_HELP = (
+    "TorchScript archives (OpenAI's released ViT-*.pt files) can run code stored in the file "
+    "when loaded. Safer formats carry the same weights: a .safetensors file (e.g. open_clip's "
+    "'open_clip_model.safetensors' or Hugging Face 'openai/clip-vit-base-patch16' "
+    "model.safetensors) or a plain state dict saved with torch.save(model.state_dict()) "
+    "(read with torch.load(weights_only=True)). If you trust this file (e.g. downloaded from "
+    "OpenAI with a matching SHA-256), pass --trust_torchscript (trust_torchscript=True in "
+    "Python).")
+
+
+def read_state_dict(path: str | os.PathLike, *, trust_torchscript: bool = False,
+                    allow_nonfinite: bool = False) -> StateDict:
+  """Any supported checkpoint file/directory -> flat float32 numpy state dict.
+
+  Args:
+    path: weights file, shard index or model directory.
+    trust_torchscript: allow `torch.jit.load` on TorchScript archives (runs their code).
+    allow_nonfinite: keep tensors holding NaN/inf instead of refusing the file.
+  """
   path = resolve_checkpoint(path)
   name = path.name
   if name.endswith(".index.json"):
-    return _read_sharded(path)
-  if name.endswith(".safetensors"):
-    return _read_safetensors(path)
-  return _read_torch(path)
+    sd = _read_sharded(path, trust_torchscript)
+  elif name.endswith(".safetensors"):
+    sd = _read_safetensors(path)
+  else:
+    sd = _read_torch(path, trust_torchscript)
+  if not allow_nonfinite:
+    check_finite(sd, str(path))
+  return sd
 
 
-def _read_sharded(index_path: Path) -> StateDict:
+def check_finite(sd: StateDict, source: str) -> None:
+  """Raises CheckpointError naming the tensors that hold NaN/inf."""
+  bad = [k for k, v in sd.items()
+         if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all()]
+  if bad:
+    raise CheckpointError(
+        f"{source}: {len(bad)} tensors hold non-finite values (NaN/inf), e.g. {bad[:5]}; "
+        "the file is corrupt or from a diverged run. Pass --allow_nonfinite "
+        "(allow_nonfinite=True) to read it anyway.")
+
+
+def _read_sharded(index_path: Path, trust_torchscript: bool = False) -> StateDict:
   try:
     weight_map = json.loads(index_path.read_text())["weight_map"]
   except (json.JSONDecodeError, KeyError) as e:
@@ -83,7 +117,7 @@ def _read_sharded(index_path: Path) -> StateDict:
     if not shard_path.exists():
       raise CheckpointError(f"{index_path}: shard {shard!r} listed in weight_map is missing")
     part = _read_safetensors(shard_path) if shard.endswith(".safetensors") else _read_torch(
-        shard_path)
+        shard_path, trust_torchscript)
     out.update(part)
   missing = sorted(set(weight_map) - set(out))
   if missing:
@@ -136,15 +170,17 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
-def _read_torch(path: Path) -> StateDict:
+def _read_torch(path: Path, trust_torchscript: bool = False) -> StateDict:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CheckpointError(f"{path}: reading PyTorch files needs torch: "
                           "pip install 'pgvt_jax[convert]' (or use .safetensors)") from e
   if _is_torchscript(path):
-    warnings.warn(f"{path} is a TorchScript archive; torch.jit.load may run code stored in it. "
-                  "Only convert TorchScript files from sources you trust.", stacklevel=3)
+    if not trust_torchscript:
+      raise CheckpointError(f"{path}: refusing to load a TorchScript archive. {TORCHSCRIPT_HELP}")
+    warnings.warn(f"{path} is a TorchScript archive; loading it with torch.jit.load as asked "
+                  "(trust_torchscript): it may run code stored in it.", stacklevel=3)
     try:
       sd = torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as e:  # torch raises RuntimeError for corrupt or truncated archives.

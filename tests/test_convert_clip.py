@@ -79,8 +79,8 @@ def test_torchscript_archive(tmp_path, openai_tiny, images):
   traced.save(str(ckpt))
   with pytest.raises(Exception):  # the safe loader refuses TorchScript...
     torch.load(str(ckpt), weights_only=True)
-  with pytest.warns(UserWarning, match="TorchScript"):  # ...so we use jit.load, with a warning
-    cfg, params = convert_clip.load_any(ckpt)
+  with pytest.warns(UserWarning, match="TorchScript"):  # ...so jit.load, when trusted
+    cfg, params = convert_clip.load_any(ckpt, trust_torchscript=True)
   out = convert_clip.save(tmp_path / "conv", cfg, params)
   np.testing.assert_allclose(convert_clip.encode_image(out, images), run(images)["embedding"],
                              **TOL)

@@ -56,3 +56,29 @@ def test_confusion_png_written(tmp_path):
   assert [f.suffix for f in files] == [".npy", ".png"]
   np.testing.assert_array_equal(np.load(files[0]), cm)
   assert files[1].stat().st_size > 1000
+
+
+def test_max_combine_against_numpy():
+  from pgvt_jax import evaluation as ev  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  videos, views, classes = 5, 4, 6
+  probs = rng.dirichlet(np.ones(classes), size=(videos, views))
+  labels = rng.integers(0, classes, videos)
+  acc = ev.ViewAccumulator(videos, classes, combine="max")
+  order = rng.permutation(videos * views)  # rows in any order, plus padding rows
+  vid, view = np.divmod(order, views)
+  acc.add(np.concatenate([probs[vid, view], np.ones((2, classes))]),
+          np.concatenate([labels[vid], [0, 0]]), np.concatenate([vid, [0, 0]]),
+          np.concatenate([np.ones(len(order), bool), [False, False]]))
+  got = acc.result(expected_views=views)
+  want = ev.classification_metrics(probs.max(axis=1), labels)
+  assert got["top1"] == want["top1"]
+  np.testing.assert_array_equal(got["confusion_matrix"], want["confusion_matrix"])
+  # "max" and "mean" choose differently on a crafted video: one confident view vs. consensus.
+  p = np.array([[[0.9, 0.1, 0.0], [0.0, 0.55, 0.45], [0.0, 0.55, 0.45]]])
+  for combine, pred in (("max", 0), ("mean", 1)):
+    a = ev.ViewAccumulator(1, 3, combine=combine)
+    a.add(p[0], np.zeros(3, int), np.zeros(3, int), np.ones(3, bool))
+    assert a.result()["top1"] == float(pred == 0)
+  with pytest.raises(ValueError, match="eval_combine='median'"):
+    ev.ViewAccumulator(1, 3, combine="median")

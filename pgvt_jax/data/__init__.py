@@ -40,10 +40,10 @@ from pgvt_jax.data.pipeline import (EvalInfo, batch_spec, eval_dataset,
                                     train_dataset)
 from pgvt_jax.data.processing import ClipProcessor, example_spec
 from pgvt_jax.data.sharding import batch_sharding, to_global
-from pgvt_jax.data.sources import Source, open_source
+from pgvt_jax.data.sources import RecordsNotFoundError, Source, open_source
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "EvalInfo", "Source",
+    "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "EvalInfo", "RecordsNotFoundError", "Source",
     "batch_sharding", "batch_spec", "eval_dataset", "example_spec",
     "get_config", "make_eval_iterator", "make_train_iterator", "open_source",
     "to_global", "train_dataset", "validate",

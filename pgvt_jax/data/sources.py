@@ -76,16 +76,46 @@ def _layout_name(cfg: ml_collections.ConfigDict, info: Any, where: str) -> str:
       f"one of {sorted(skeletons.SKELETONS)}")
 
 
+class RecordsNotFoundError(FileNotFoundError):
+  """The configured records directory holds no prepared dataset; the message
+  says which directory was read and the command that builds it."""
+
+
+def check_records(builder_dir: str) -> None:
+  """Raises RecordsNotFoundError unless `builder_dir` holds built records."""
+  path = os.path.expanduser(builder_dir)
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    return
+  why = ("does not exist" if not os.path.exists(path) else
+         "holds no dataset_info.json")
+  command = None
+  try:  # data_prep ships with pgvt_jax; only this message needs it.
+    from data_prep import commands  # pylint: disable=g-import-not-at-top
+    command = commands.build_command(builder_dir)
+  except ImportError:
+    pass
+  how = (f"Build them with\n  {command}\n" if command else
+         "Build them with `python -m data_prep.build` (docs/data.md).\n")
+  raise RecordsNotFoundError(
+      f"no records: config.data.builder_dir={builder_dir!r} ({path}) {why}.\n"
+      f"{how}or point --config.data.builder_dir at the directory that "
+      f"`python -m data_prep.build` printed (docs/data.md).")
+
+
 def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
   """Opens `split` of the TFDS dataset named by config.data.
 
   Uses `config.data.builder_dir` if set, else `config.data.name` (+ data_dir).
   Frames stay JPEG-encoded until a clip samples them.
+
+  Raises:
+    RecordsNotFoundError: builder_dir holds no built records.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if cfg.builder_dir:
     where = f"config.data.builder_dir={cfg.builder_dir!r}"
+    check_records(cfg.builder_dir)
     builder = tfds.builder_from_directory(os.path.expanduser(cfg.builder_dir))
   elif cfg.name:
     where = f"config.data.name={cfg.name!r} (data_dir={cfg.data_dir!r})"

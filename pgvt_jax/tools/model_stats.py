@@ -18,9 +18,10 @@ import json
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+from pgvt_jax import config_files
+
+_CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 

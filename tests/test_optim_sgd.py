@@ -1,0 +1,72 @@
+"""SGD + momentum and the multi-step schedule (the PAAB/PAAT recipe) against PyTorch."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from pgvt_jax import optim
+
+
+def _cfg(**kw):
+  c = optim.get_config()
+  c.update(dict(optimizer="sgd", lr=0.005, momentum=0.9, weight_decay=1e-4, schedule="steps",
+                lr_step_epochs=(11, 14), lr_step_factor=0.1, warmup_epochs=0.0,
+                warmup_ratio=0.0, decay_rule="ndim"), **kw)
+  return c
+
+
+def test_steps_schedule_matches_relative_lrs():
+  # TimeSformer's steps_with_relative_lrs, STEPS [0, 11, 14], LRS [1, 0.1, 0.01], per epoch.
+  spe = 7
+  sched = optim.make_schedule(_cfg(), 15 * spe, spe)
+  for epoch in range(15):
+    want = 0.005 * (1 if epoch < 11 else 0.1 if epoch < 14 else 0.01)
+    for s in (epoch * spe, epoch * spe + spe - 1):
+      np.testing.assert_allclose(float(sched(s)), want, rtol=1e-6)
+
+
+def test_steps_schedule_with_warmup_and_bad_epochs():
+  sched = optim.make_schedule(_cfg(warmup_epochs=1.0), 150, 10)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 5, 10, 109, 110)],
+                             [0.0, 0.0025, 0.005, 0.005, 0.0005], rtol=1e-6)
+  with pytest.raises(ValueError, match="lr_step_epochs"):
+    optim.make_schedule(_cfg(lr_step_epochs=(14, 11)), 150, 10)
+  with pytest.raises(ValueError, match="schedule='linear'"):
+    optim.make_schedule(_cfg(schedule="linear"), 150, 10)
+
+
+def test_sgd_matches_torch_sgd():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(4, 3)).astype(np.float32)
+  b0 = rng.normal(size=(3,)).astype(np.float32)
+  grads = [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32))
+           for _ in range(6)]
+  cfg = _cfg(lr_step_epochs=(2, 4))
+  spe = 1
+  sched = optim.make_schedule(cfg, 6, spe)
+  tx = optim.make_optimizer(cfg, sched)
+  params = {"dense": {"kernel": w0, "bias": b0}}
+  state = tx.init(params)
+  import optax  # pylint: disable=g-import-not-at-top
+  for gw, gb in grads:
+    updates, state = tx.update({"dense": {"kernel": gw, "bias": gb}}, state, params)
+    params = optax.apply_updates(params, updates)
+
+  # torch: decay on the kernel only (decay_mask: biases are not decayed), lr x0.1 at 2 and 4.
+  tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+  opt = torch.optim.SGD([{"params": [tw], "weight_decay": 1e-4},
+                         {"params": [tb], "weight_decay": 0.0}], lr=0.005, momentum=0.9)
+  lr_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.1)
+  for gw, gb in grads:
+    tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+    opt.step()
+    lr_sched.step()
+  np.testing.assert_allclose(params["dense"]["kernel"], tw.detach().numpy(), rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(params["dense"]["bias"], tb.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_optimizer_is_named():
+  with pytest.raises(ValueError, match="optimizer='lamb'"):
+    optim.make_optimizer(_cfg(optimizer="lamb"), lambda s: 0.1)
