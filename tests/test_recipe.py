@@ -284,3 +284,22 @@ def test_best_eval_reads_the_log(tmp_path):
            {"step": 40, "eval/top1": 0.75, "eval/top5": 1.0}, {"step": 60, "eval/top1": 0.6}]
   (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
   assert train.best_eval(tmp_path, "eval/top1") == lines[2]
+
+
+def test_pose_video_class_set_is_complementary():
+  """Classes 2m and 2m+1 share the motion (same keypoints); only the frames show the colour."""
+  from data_prep import synthetic
+  defs = synthetic.class_definitions(4, "pose_video")
+  balls = synthetic.held_objects(4, "pose_video")
+  assert defs[0] == defs[1] and defs[2] == defs[3] and defs[0] != defs[2]
+  assert balls[0] == balls[2] != balls[1] == balls[3]
+  assert synthetic.class_names(4, "pose_video")[1].endswith("blue ball")
+  red, kp_red = synthetic.render_clip(defs[0], (0, 0, 3), 8, 32, held_object=balls[0])
+  blue, kp_blue = synthetic.render_clip(defs[1], (0, 0, 3), 8, 32, held_object=balls[1])
+  np.testing.assert_array_equal(kp_red, kp_blue)   # the pose carries no trace of the colour
+  diff = np.abs(red.frames.astype(int) - blue.frames.astype(int)).sum(-1) > 0
+  assert 0 < diff.mean() < 0.1                     # only the ball's pixels differ
+  f = red.frames.astype(int)
+  assert ((f[..., 0] - f[..., 2]) > 120).sum() > 8 * 10   # a saturated red ball in each frame
+  with pytest.raises(ValueError, match="multiple of 2"):
+    synthetic.class_definitions(5, "pose_video")
