@@ -168,7 +168,7 @@ def video_pose_maps(m: ModelConfig, batch: Mapping[str, Array], rng: Array
   (k = 1: that frame's own). The Table 2 / Fig. 4 ablations perturb the keypoints here, in
   training and evaluation alike (they model an unreliable pose source); `rng` draws them.
   """
-  s, p = m.clip.image_size, m.clip.patch_size
+  s, p = m.patch_geometry  # the backbone's (CLIP or TimeSformer) input and patch size
   kp = batch["pose"].astype(jnp.float32) * s                       # (B, T_h, J, 2) pixels
   mask = batch["pose_mask"]
   r_random, r_noise = jax.random.split(rng)
