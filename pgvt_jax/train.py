@@ -87,6 +87,9 @@ def _flush(pending: list, writer: metric_writer.MetricWriter, t_last: float,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        run_evals: bool = True) -> dict:
   """Trains to config.total_steps (or num_epochs); evaluates along the way unless run_evals=False."""
+  if config.get("task", "classification") == "alignment":  # multi-view video alignment
+    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
+    return alignment.train_and_evaluate(config, workdir, run_evals=run_evals)
   workdir = Path(workdir)
   exp = setup_experiment(config, workdir, train=True)
   cfg, writer, ckpt = exp.config, exp.writer, exp.checkpointer
