@@ -4,17 +4,33 @@
 dataset facts (protocols, record folders, joints, frames, batch) are in `DATASETS` below.
 
 Arguments (comma-separated after the file name, big_vision style, see configs/common.py):
-  method:    baseline (default) | paab | paat   (bare words)
-  protocol=  the dataset's protocols (smarthome cs|cv1|cv2, ntu60 cvs1|cvs2|cvs3|xsub|xview,
-             nucla cs|cv1|cv2|cv3); default the first
-  backbone:  vit_b16 (default; frozen CLIP + AIM adapters) | vit_l14 | tiny
+  method     baseline (default) | paab | paat   (bare words)
+             paab: one PA-SA block after the last backbone block (the paper's default);
+             paat: the patch-keypoint head after block 1, P3D targets, loss weight 1.6.
+  protocol=  smarthome cs|cv1|cv2, ntu60 cvs1|cvs2|cvs3|xsub|xview, nucla cs|cv1|cv2|cv3;
+             default the first
+  backbone   timesformer (the paper's: TimeSformer-B/16, full fine-tuning; the default where
+             the TimeSformer family exists) | vit_b16 (frozen CLIP + AIM adapters) | vit_l14 |
+             tiny
   runlocal   tiny backbone (Ti/8), 32 px, 2 steps on CPU
+Ablations (Table 1, Table 2, Fig. 4, Fig. 9):
+  paab_layers=12 | 1+12 | 6 ...   PAAB position(s), 1-indexed, '+'-separated (Table 1a); implies
+                                  paab. Table 1c (2-4 PAABs stacked at one layer) needs a
+                                  per-position count the model does not have yet.
+  paab_variant=pa_sa|fact_pa_sta|joint_pa_sta   (Table 1b)
+  paat_layer=1|6|12               PAAT position (Table 1a); implies paat
+  paat_target=p3d|p2d             (Table 1d)
+  paat_weight=1.6                 lambda of Eq. 8 (Fig. 9 sweeps 0.3..5)
+  pose_map_dilation=1             k x k dilation of P2D (the public code uses 3)
+  pose_map_random                 Table 2: pose maps from random positions
+  pose_map_noise=0                Fig. 4: + a random integer in [0, eps] px per coordinate
 
 The recipe (Reilly et al., Appendix B, and the public configs of dominickrei/PoseAwareVT
 `configs/PAA{B,T}_SH_CS.yaml`): SGD lr 0.005, momentum 0.9, weight decay 1e-4, 15 epochs, lr
-x0.1 at epochs 11 and 14, no warmup; frames at a fixed rate; test 10 clips x 1 crop combined by
-max. Where the public configs differ from the paper the paper wins and the dataset's docstring
-says so.
+x0.1 at epochs 11 and 14, no warmup; frames at a fixed rate (TimeSformer's dense sampling at 30
+fps) from a person-centred crop, 224 px crops by TimeSformer's scale jitter (short side
+256-320); test 10 clips x 1 crop, scores combined by max. Where the public configs differ from
+the paper, the paper wins and the dataset's docstring says so.
 """
 
 from __future__ import annotations
@@ -49,21 +65,105 @@ DATASETS = {
         frames=8, rate=4, batch=64, best_metric="eval/top1"),
 }
 METHODS = ("baseline", "paab", "paat")
+PAPER_PAAT_WEIGHT = 1.6
+
+
+def _model_fields() -> set[str]:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from pgvt_jax.models import config as model_config_lib  # pylint: disable=g-import-not-at-top
+  return {f.name for f in dataclasses.fields(model_config_lib.ModelConfig)}
+
+
+def has_timesformer() -> bool:
+  return "family" in _model_fields()
 
 
 def parse_adl_arg(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   """The argument string of a daily-living config -> ConfigDict (see the module docstring)."""
   protocols = DATASETS[dataset]["protocols"]
-  out = common.parse_arg(arg, backbone="vit_b16", baseline=False, paab=False, paat=False,
-                         protocol=next(iter(protocols)), runlocal=False)
+  items = [s.strip() for s in (arg or "").split(",") if s.strip()]
+  family = "timesformer" if has_timesformer() else "clip"
+  rest = []
+  for item in items:
+    if item in ("timesformer", "backbone=timesformer"):
+      family = "timesformer"
+    elif item in common.BACKBONES or item.startswith("backbone="):
+      family = "clip"
+      rest.append(item)
+    else:
+      rest.append(item)
+  out = common.parse_arg(
+      ",".join(rest), backbone="vit_b16", baseline=False, paab=False, paat=False,
+      protocol=next(iter(protocols)), runlocal=False, paab_layers="", paab_variant="pa_sa",
+      paat_layer=0, paat_target="p3d", paat_weight=PAPER_PAAT_WEIGHT, pose_map_dilation=1,
+      pose_map_random=False, pose_map_noise=0)
+  out.family = family
+  if family == "timesformer" and not has_timesformer():
+    raise ValueError("config argument timesformer: this pgvt_jax has no TimeSformer family "
+                     "(config.model.family); use a CLIP backbone (vit_b16)")
   if out.protocol not in protocols:
     raise ValueError(f"config argument protocol={out.protocol!r}; {dataset} has "
                      f"{sorted(protocols)}")
+  if out.paab_layers:
+    out.paab = True
+  if out.paat_layer:
+    out.paat = True
   chosen = [m for m in METHODS if out[m]]
   if len(chosen) > 1:
-    raise ValueError(f"config arguments {chosen}: choose one of {METHODS}")
+    raise ValueError(f"config arguments {chosen}: choose one of {METHODS} (the paper's "
+                     "PAAB + PAAT combination: set --config.model.paab_layers and "
+                     "--config.model.paat_layer)")
   out.method = chosen[0] if chosen else "baseline"
+  try:
+    out.paab_layer_list = tuple(int(x) for x in out.paab_layers.split("+") if x)
+  except ValueError:
+    raise ValueError(f"config argument paab_layers={out.paab_layers!r}: expected block numbers "
+                     "joined by '+', e.g. 12 or 1+12") from None
   return out
+
+
+def _model(arg, spec, num_classes) -> dict:
+  """config.model fields: backbone family and size, frames, joints, PAAB / PAAT."""
+  frames = 4 if arg.runlocal else spec["frames"]
+  model = dict(variant="video_only", num_classes=num_classes, video_frames=frames,
+               pose_frames=frames, joints_per_person=spec["joints"], num_persons=1,
+               image_size=32 if arg.runlocal else 224)
+  if arg.family == "timesformer":
+    # TimeSformer-B/16 (K400 8x32 weights via pgvt_jax.convert_timesformer), all trained.
+    model.update(family="timesformer", backbone="Ti/8" if arg.runlocal else "B/16")
+  else:
+    model.update(backbone="Ti/8" if arg.runlocal else common.BACKBONES[arg.backbone])
+    if "family" in _model_fields():
+      model["family"] = "clip"
+  if arg.runlocal:
+    model["drop_path"] = 0.1
+  depth = _depth(model)
+  if arg.method == "paab":
+    model["paab_layers"] = arg.paab_layer_list or (depth,)
+    model["paab_variant"] = arg.paab_variant
+  elif arg.method == "paat":
+    model["paat_layer"] = arg.paat_layer or 1
+    model["paat_target"] = arg.paat_target
+  if arg.method != "baseline":
+    model.update(pose_map_dilation=arg.pose_map_dilation,
+                 pose_map_random=arg.pose_map_random, pose_map_noise=arg.pose_map_noise)
+  elif (arg.pose_map_random or arg.pose_map_noise or arg.pose_map_dilation != 1):
+    raise ValueError("config arguments pose_map_*: the baseline uses no pose maps; add paab "
+                     "or paat")
+  missing = sorted(set(model) - _model_fields())
+  if missing:
+    raise ValueError(f"config.model has no field(s) {missing} in this pgvt_jax (PAAB/PAAT "
+                     "not available)")
+  return model
+
+
+def _depth(model: dict) -> int:
+  """Number of blocks of the backbone (PAAB's default position is after the last)."""
+  if model.get("family") == "timesformer":
+    from pgvt_jax.models import timesformer  # pylint: disable=g-import-not-at-top
+    return timesformer.get_config(model["backbone"]).layers
+  from pgvt_jax.models import clip_vit  # pylint: disable=g-import-not-at-top
+  return clip_vit.get_config(model["backbone"]).layers
 
 
 def get_adl_config(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
@@ -76,15 +176,13 @@ def get_adl_config(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   config = trainer_config()
   config.seed = 0
 
-  # ---- config.model: the CLIP + AIM video model (AIM = the "baseline" on this backbone);
-  # PAAB / PAAT see the pose of the video frames, so T_h = T_l.
-  model = dict(variant="video_only", backbone=common.BACKBONES[arg.backbone], image_size=224,
-               num_classes=num_classes, video_frames=spec["frames"],
-               pose_frames=spec["frames"], joints_per_person=spec["joints"], num_persons=1)
-  if arg.runlocal:
-    model.update(backbone="Ti/8", image_size=32, video_frames=4, pose_frames=4,
-                 drop_path=0.1)
-  config.model = model_config_lib.model_config(**model)
+  # ---- config.model: "baseline" = the backbone alone (TimeSformer, or CLIP + AIM adapters on
+  # the video); PAAB / PAAT see the pose of the video frames, so T_h = T_l.
+  config.model = model_config_lib.model_config(**_model(arg, spec, num_classes))
+  if arg.family == "timesformer":
+    config.freeze_backbone = False    # full fine-tuning, as the paper
+  if arg.method == "paat":
+    config.aux_losses.paat = arg.paat_weight
 
   # ---- config.data
   d = config.data
@@ -96,7 +194,14 @@ def get_adl_config(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   d.max_persons = config.model.get_ref("num_persons")
   d.num_joints = (config.model.get_ref("joints_per_person")
                   * config.model.get_ref("num_persons"))
-  d.short_side = 256                     # TimeSformer: test short side 256, centre crop 224
+  # Frames: T at a fixed rate (TimeSformer's dense sampling at 30 fps).
+  d.sampling, d.sampling_rate, d.target_fps = "fixed_rate", spec["rate"], 30.0
+  # Crops come from the person-centred square (union box of the video's keypoints). Train:
+  # TimeSformer's scale jitter (short side 256..320, random 224 crop) = square crops of
+  # (224/320)^2 .. (224/256)^2 of the square's area; test: short side 256, centre 224.
+  d.person_crop, d.person_crop_margin = True, 0.1
+  d.crop_area, d.crop_aspect = ((224 / 320) ** 2, (224 / 256) ** 2), (1.0, 1.0)
+  d.short_side = 256
   d.eval_clips, d.eval_crops = 10, 1     # 10 clips x 1 crop
   d.train_batch_size = d.eval_batch_size = spec["batch"]
   d.num_workers = 8

@@ -9,7 +9,8 @@ r"""Builds the records of one dataset.
       --num_train=256 --num_test=64 --num_classes=8
 
 Prints a summary (written / skipped with reasons / repairs) and saves it as
-`build_summary.json` next to the records, then the command that trains on them. Read the records with
+`build_summary.json` next to the records, then the command that trains on
+them. Read the records with
 `tfds.builder_from_directory(<printed path>).as_data_source(split)`.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 import tensorflow_datasets as tfds
@@ -32,19 +34,31 @@ from data_prep.datasets import synthetic as synthetic_builder
 def build_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
                   config: str | None = None,
                   options: builder_lib.BuildOptions | None = None,
-                  overwrite: bool = False, **builder_kwargs
+                  overwrite: bool = False, beam_options: str | None = None,
+                  **builder_kwargs
                  ) -> tuple[tfds.core.DatasetBuilder, records.BuildSummary]:
   """Builds `dataset` (a key of `BUILDERS`) and returns (builder, summary).
 
   `builder_kwargs` go to the builder (e.g. `box_thr` for kinetics400, or
-  `config=SyntheticConfig(...)` objects).
+  `config=SyntheticConfig(...)` objects). `beam_options` (Beam pipeline
+  flags, e.g. "--runner=DirectRunner") builds with Apache Beam
+  (`data_prep.beam_build`, the `[beam]` extra).
   """
   if dataset not in BUILDERS:
     raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(BUILDERS)}")
   cls = BUILDERS[dataset]
   b = cls(data_dir=os.path.expanduser(data_dir), config=config,
           options=options, **builder_kwargs)
+  beam = None
+  if beam_options:
+    try:
+      from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError("--beam_options needs Apache Beam: pip install "
+                        "'pgvt_jax[beam]'") from e
+    beam = pipeline_options.PipelineOptions(shlex.split(beam_options))
   dl_config = tfds.download.DownloadConfig(
+      beam_options=beam,
       manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
       download_mode=(tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
                      if overwrite else
@@ -84,6 +98,10 @@ def _parse(argv):
                  help="only the first N videos of each split")
   p.add_argument("--box_thr", type=float, default=0.5,
                  help="kinetics400: drop detections below this box score")
+  p.add_argument("--beam_options", default=None,
+                 help="build with Apache Beam, e.g. '--runner=DirectRunner "
+                      "--direct_num_workers=8 --direct_running_mode="
+                      "multi_processing' or Dataflow/Flink/Spark flags")
   p.add_argument("--overwrite", action="store_true",
                  help="rebuild even if the records exist")
   p.add_argument("--num_train", type=int, default=256)
@@ -119,12 +137,13 @@ def main(argv=None) -> int:
     options = builder_lib.BuildOptions(short_side=None,
                                        num_workers=args.num_workers)
   b, summary = build_dataset(args.dataset, args.data_dir, args.manual_dir,
-                             config, options, args.overwrite, **kwargs)
+                             config, options, args.overwrite,
+                             args.beam_options, **kwargs)
   print(summary.format() if summary.splits else
         "Records already built (use --overwrite to rebuild).")
   print(f"Records: {b.data_dir}")
-  print("Train on them with (add --config.clip_dir=<converted CLIP weights> for a real run, "
-        "see docs/models.md):")
+  print("Train on them with (add --config.clip_dir=<converted CLIP weights> "
+        "for a real run, see docs/models.md):")
   print("  " + commands.train_command(args.dataset, b.builder_config.name,
                                       os.fspath(b.data_dir)))
   return 0

@@ -209,15 +209,36 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
       self.summary.split(name).counts["split_dropped: no videos listed"] = 1
     if not splits:
       raise ValueError(f"{self.name}: the dataset files list no videos")
+    if getattr(self, "_beam", False):
+      from data_prep import beam_build  # pylint: disable=g-import-not-at-top
+      return {name: beam_build.split_transform(
+          self._unique(name, items), self._process_args(),
+          beam_build.report_path(self.data_path, name))
+              for name, items in splits.items()}
     return {name: self._generate_examples(name, items)
             for name, items in splits.items()}
 
-  def _generate_examples(self, split: str, items: list[VideoItem]
-                        ) -> Iterator[tuple[str, dict[str, Any]]]:
-    opts = self.options
+  def _download_and_prepare(self, dl_manager, download_config):
+    # Beam (`DownloadConfig(beam_runner=... or beam_options=...)`): videos are
+    # processed by the pipeline's workers; their reports are gathered here,
+    # before TFDS writes the dataset info.
+    self._beam = bool(download_config.beam_runner or
+                      download_config.beam_options)
+    super()._download_and_prepare(dl_manager, download_config)
+    if self._beam:
+      from data_prep import beam_build  # pylint: disable=g-import-not-at-top
+      for split in list(self.info.splits):
+        rows = beam_build.read_report(self.data_path, split)
+        summary = self.summary.split(split)
+        for vid, result in rows:
+          self._count(summary, vid, result)
+        self._record_summary(split)
+
+  def _unique(self, split: str, items: list[VideoItem]) -> list[VideoItem]:
+    """Items after --limit, duplicates skipped (counted in the summary)."""
     summary = self.summary.split(split)
-    if opts.limit is not None:
-      items = items[:opts.limit]
+    if self.options.limit is not None:
+      items = items[:self.options.limit]
     seen, unique = set(), []
     for item in items:
       if item.video_id in seen:
@@ -226,113 +247,147 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
       seen.add(item.video_id)
       unique.append(item)
     summary.listed = len(items)
+    return unique
+
+  def _process_args(self) -> tuple[BuildOptions, str, int]:
+    return self.options, self.builder_config.joint_layout, self._num_classes
+
+  def _count(self, summary: records.SplitSummary, video_id: str,
+             result) -> bool:
+    """Adds one processed video to the summary; True if it is written."""
+    if isinstance(result, SkipVideo):
+      summary.skip(video_id, str(result))
+      return False
+    _, aligned_warnings, counts = result
+    summary.warn(video_id, aligned_warnings)
+    summary.counts.update(counts)
+    summary.written += 1
+    return True
+
+  def _record_summary(self, split: str) -> None:
+    s = self.summary.split(split)
+    self.info.metadata["build_summary"][split] = {
+        "listed": s.listed, "written": s.written,
+        "skipped": dict(s.skipped), "counts": dict(s.counts)}
+
+  def _generate_examples(self, split: str, items: list[VideoItem]
+                        ) -> Iterator[tuple[str, dict[str, Any]]]:
+    opts = self.options
+    summary = self.summary.split(split)
+    unique = self._unique(split, items)
     bar = tqdm.tqdm(total=len(unique), desc=f"{self.name} {split}",
                     unit="video", disable=not opts.progress, leave=False)
     with concurrent.futures.ThreadPoolExecutor(max(opts.num_workers, 1)) as ex:
       for item, result in _ordered_map(ex, self._process, unique,
                                        window=4 * max(opts.num_workers, 1)):
         bar.update(1)
-        if isinstance(result, SkipVideo):
-          summary.skip(item.video_id, str(result))
+        if not self._count(summary, item.video_id, result):
           bar.set_postfix(skipped=len(summary.skipped))
           continue
-        example, aligned_warnings, counts = result
-        summary.warn(item.video_id, aligned_warnings)
-        summary.counts.update(counts)
-        summary.written += 1
-        yield item.video_id, example
+        yield item.video_id, result[0]
     bar.close()
-    self.info.metadata["build_summary"][split] = {
-        "listed": summary.listed, "written": summary.written,
-        "skipped": dict(summary.skipped), "counts": dict(summary.counts)}
+    self._record_summary(split)
 
   # ------------------------------------------------------------ per video
 
   def _process(self, item: VideoItem):
-    """VideoItem -> (example, warnings, counts), or a SkipVideo (returned).
-
-    Errors are returned, not raised: one bad video never stops a build; an
-    unexpected error is reported with its type in the summary.
-    """
-    try:
-      return self._process_or_raise(item)
-    except Exception as e:  # pylint: disable=broad-except
-      return SkipVideo(f"error: {type(e).__name__}: {e}")
-
-  def _process_or_raise(self, item: VideoItem):
-    opts = self.options
-    if item.error:
-      return SkipVideo(f"listing: {item.error}")
-    label_error = self._check_label(item.label)
-    if label_error:
-      return SkipVideo(f"listing: {label_error}")
-    num_joints = skeletons.get(self.builder_config.joint_layout).num_joints
-    try:
-      if item.frames is not None:
-        video = video_lib.subsample(item.frames(), opts.max_frames)
-      else:
-        video = video_lib.decode_video(item.video_path, opts.short_side,
-                                       opts.max_frames)
-    except video_lib.VideoDecodeError as e:
-      return SkipVideo(f"video: {e}")
-
-    counts, warns = collections.Counter(), []
-    pose, pose_error = None, None
-    if item.pose is not None:
-      try:
-        pose = item.pose()
-      except (poses_lib.PoseFormatError, safe_pickle.UnsafePickleError,
-              pickle.UnpicklingError, EOFError, OSError, KeyError) as e:
-        pose_error = f"{type(e).__name__}: {e}"
-    if pose is None:
-      why = pose_error or "no pose entry"
-      if opts.missing_pose == "skip":
-        return SkipVideo(f"pose: {why}")
-      if opts.missing_pose == "extract":
-        pose, video_for_pose = self._extract(video), _identity_frames(video)
-        counts["poses_extracted"] += 1
-      else:
-        counts["kept_without_pose"] += 1
-        warns.append(f"{why}; kept with 0 persons")
-        kp, sc = align_lib.empty_pose(len(video.frames), num_joints)
-        return (records.make_example(item.video_id, item.label, video, kp, sc,
-                                     opts.jpeg_quality), warns, counts)
-    else:
-      video_for_pose = video
-    try:
-      aligned = align_lib.align_to_video(pose, video_for_pose, num_joints,
-                                         opts.max_persons,
-                                         opts.clamp_tolerance)
-    except poses_lib.PoseFormatError as e:
-      return SkipVideo(f"pose: {e}")
-    counts.update(aligned.counts)
-    example = records.make_example(item.video_id, item.label, video,
-                                   aligned.keypoint, aligned.score,
-                                   opts.jpeg_quality)
-    return example, warns + aligned.warnings, counts
+    return process_item(item, *self._process_args())
 
   def _check_label(self, label) -> str | None:
-    """Why `label` cannot be written, or None.
-
-    Checked here for every dataset: TFDS's ClassLabel writes -1 silently and
-    fails the whole build (dumping the example) on a label >= num_classes.
-    """
     n = getattr(self, "_num_classes", None)
-    if n is None:
-      n = self.info.features["label"].num_classes
-    if isinstance(label, (bool, np.bool_)) or not isinstance(
-        label, (int, np.integer)):
-      return f"label {label!r} is not an integer class index"
-    if not 0 <= label < n:
-      return f"label {label} outside 0..{n - 1}"
-    return None
+    return check_label(label, self.info.features["label"].num_classes
+                       if n is None else n)
 
-  def _extract(self, video: video_lib.DecodedVideo) -> poses_lib.PoseSequence:
-    kp, score = self.options.extractor(video.frames)
-    # Extractors see the stored frames: (T, M, V, 2) -> (M, T, V, 2).
-    return poses_lib.PoseSequence(
-        np.moveaxis(kp, 0, 1), np.moveaxis(score, 0, 1), video.size,
-        f"extractor {getattr(self.options.extractor, 'name', '?')}")
+
+def check_label(label, num_classes: int) -> str | None:
+  """Why `label` cannot be written, or None.
+
+  Checked here for every dataset: TFDS's ClassLabel writes -1 silently and
+  fails the whole build (dumping the example) on a label >= num_classes.
+  """
+  if isinstance(label, (bool, np.bool_)) or not isinstance(
+      label, (int, np.integer)):
+    return f"label {label!r} is not an integer class index"
+  if not 0 <= label < num_classes:
+    return f"label {label} outside 0..{num_classes - 1}"
+  return None
+
+
+def process_item(item: VideoItem, opts: BuildOptions, joint_layout: str,
+                 num_classes: int):
+  """VideoItem -> (example, warnings, counts), or a SkipVideo (returned).
+
+  Errors are returned, not raised: one bad video never stops a build; an
+  unexpected error is reported with its type in the summary. A function of
+  its arguments only, so that Beam workers can run it.
+  """
+  try:
+    return _process_or_raise(item, opts, joint_layout, num_classes)
+  except Exception as e:  # pylint: disable=broad-except
+    return SkipVideo(f"error: {type(e).__name__}: {e}")
+
+
+def _process_or_raise(item: VideoItem, opts: BuildOptions, joint_layout: str,
+                      num_classes: int):
+  if item.error:
+    return SkipVideo(f"listing: {item.error}")
+  label_error = check_label(item.label, num_classes)
+  if label_error:
+    return SkipVideo(f"listing: {label_error}")
+  num_joints = skeletons.get(joint_layout).num_joints
+  try:
+    if item.frames is not None:
+      video = video_lib.subsample(item.frames(), opts.max_frames)
+    else:
+      video = video_lib.decode_video(item.video_path, opts.short_side,
+                                     opts.max_frames)
+  except video_lib.VideoDecodeError as e:
+    return SkipVideo(f"video: {e}")
+
+  counts, warns = collections.Counter(), []
+  pose, pose_error = None, None
+  if item.pose is not None:
+    try:
+      pose = item.pose()
+    except (poses_lib.PoseFormatError, safe_pickle.UnsafePickleError,
+            pickle.UnpicklingError, EOFError, OSError, KeyError) as e:
+      pose_error = f"{type(e).__name__}: {e}"
+  if pose is None:
+    why = pose_error or "no pose entry"
+    if opts.missing_pose == "skip":
+      return SkipVideo(f"pose: {why}")
+    if opts.missing_pose == "extract":
+      pose, video_for_pose = _extract(opts.extractor, video), _identity_frames(
+          video)
+      counts["poses_extracted"] += 1
+    else:
+      counts["kept_without_pose"] += 1
+      warns.append(f"{why}; kept with 0 persons")
+      kp, sc = align_lib.empty_pose(len(video.frames), num_joints)
+      return (records.make_example(item.video_id, item.label, video, kp, sc,
+                                   opts.jpeg_quality), warns, counts)
+  else:
+    video_for_pose = video
+  try:
+    aligned = align_lib.align_to_video(pose, video_for_pose, num_joints,
+                                       opts.max_persons,
+                                       opts.clamp_tolerance)
+  except poses_lib.PoseFormatError as e:
+    return SkipVideo(f"pose: {e}")
+  counts.update(aligned.counts)
+  example = records.make_example(item.video_id, item.label, video,
+                                 aligned.keypoint, aligned.score,
+                                 opts.jpeg_quality)
+  return example, warns + aligned.warnings, counts
+
+
+def _extract(extractor, video: video_lib.DecodedVideo
+            ) -> poses_lib.PoseSequence:
+  kp, score = extractor(video.frames)
+  # Extractors see the stored frames: (T, M, V, 2) -> (M, T, V, 2).
+  return poses_lib.PoseSequence(
+      np.moveaxis(kp, 0, 1), np.moveaxis(score, 0, 1), video.size,
+      f"extractor {getattr(extractor, 'name', '?')}")
 
 
 def _identity_frames(video: video_lib.DecodedVideo) -> video_lib.DecodedVideo:

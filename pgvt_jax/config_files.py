@@ -66,10 +66,11 @@ class _ResolvingParser(config_flags.ConfigFileFlagParser):
     return super().parse(resolve(path))
 
 
-def DEFINE_config_file(name: str = "config", default: str | None = None,  # pylint: disable=invalid-name
-                       help_string: str = "Experiment config file.",
-                       flag_values: flags.FlagValues = flags.FLAGS,
-                       lock_config: bool = False, **kwargs) -> flags.FlagHolder:
+def DEFINE_config_file(  # pylint: disable=invalid-name
+    name: str = "config", default: str | None = None,
+    help_string: str = "Experiment config file.",
+    flag_values: flags.FlagValues = flags.FLAGS, lock_config: bool = False,
+    **kwargs) -> flags.FlagHolder:
   """ml_collections' `DEFINE_config_file` with the lookup of `resolve`."""
   holder = config_flags.DEFINE_config_file(
       name, default, help_string, flag_values=flag_values,

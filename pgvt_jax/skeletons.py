@@ -118,8 +118,15 @@ NTU25 = _check(Skeleton(
            (17, 18), (18, 19)),
 ))
 
-# LCR-Net++'s 13-joint order (right before left), as in Smarthome's pose JSON
-# ("njts": 13, "pose2d": [x0..x12, y0..y12]).
+# LCR-Net++'s 13-joint order, as in Smarthome's pose JSON ("njts": 13,
+# "pose2d": [x0..x12, y0..y12]). Verified against LCR-Net's own drawing code,
+# `display_poses` in naver/lcrnet-v2-improved-ppi demo.py (the same function is
+# in the Toyota Smarthome pose visualisation): for njts == 13 it draws the
+# "left" bones (9,11) (7,9) (1,3) (3,5), the "right" bones (0,2) (2,4) (8,10)
+# (6,8), the torso (4,5) (10,11) (hips, shoulders) and the head at 12, reading
+# x = pose2d[i], y = pose2d[i + njts]. So even indices are the right side, odd
+# the left: ankles 0/1, knees 2/3, hips 4/5, wrists 6/7, elbows 8/9, shoulders
+# 10/11 (chains ankle-knee-hip and wrist-elbow-shoulder), head 12.
 SMARTHOME13 = _check(Skeleton(
     name="smarthome13",
     joints=("right_ankle", "left_ankle", "right_knee", "left_knee",

@@ -36,9 +36,18 @@ def _memory_source(layout: str, num_classes: int, n: int = 4) -> data.Source:
   return data.Source(records, sk, num_classes)
 
 
-@pytest.mark.parametrize("dataset", sorted(MODULES))
-def test_runlocal_trains_and_evaluates(dataset, tmp_path, monkeypatch):
-  config = _get(dataset, "runlocal")
+_FIELDS = adl_common._model_fields()
+NEEDS_PAAB = pytest.mark.skipif("paab_layers" not in _FIELDS, reason="PAAB/PAAT not merged")
+NEEDS_TSF = pytest.mark.skipif("family" not in _FIELDS, reason="TimeSformer not merged")
+
+
+@pytest.mark.parametrize("dataset,arg", [
+    ("nucla", "vit_b16"),
+    pytest.param("smarthome", "paab,vit_b16", marks=NEEDS_PAAB),
+    pytest.param("ntu60", "paat,timesformer", marks=[NEEDS_PAAB, NEEDS_TSF]),
+])
+def test_runlocal_trains_and_evaluates(dataset, arg, tmp_path, monkeypatch):
+  config = _get(dataset, f"{arg},runlocal")
   source = _memory_source(adl_common.DATASETS[dataset]["layout"], config.model.num_classes)
   monkeypatch.setattr(data, "open_source", lambda cfg, split: source)
   config.async_checkpoints = False
@@ -63,9 +72,9 @@ def test_protocol_selects_records(dataset, protocol, classes, builder_dir, eval_
   assert c.data.eval_split == eval_split and c.data.train_split == "train"
 
 
-@pytest.mark.parametrize("dataset,frames,batch", [
-    ("smarthome", 8, 32), ("ntu60", 16, 64), ("nucla", 8, 64)])
-def test_paper_recipe_is_the_default(dataset, frames, batch):
+@pytest.mark.parametrize("dataset,frames,rate,batch", [
+    ("smarthome", 8, 32, 32), ("ntu60", 16, 4, 64), ("nucla", 8, 4, 64)])
+def test_paper_recipe_is_the_default(dataset, frames, rate, batch):
   c = _get(dataset)
   o = c.optim
   assert (o.optimizer, o.lr, o.momentum, o.weight_decay) == ("sgd", 0.005, 0.9, 1e-4)
@@ -75,6 +84,8 @@ def test_paper_recipe_is_the_default(dataset, frames, batch):
   assert c.model.video_frames == c.data.num_frames == frames == c.data.pose_frames
   assert (c.data.eval_clips, c.data.eval_crops, c.eval_combine) == (10, 1, "max")
   assert c.model.image_size == 224
+  assert (c.data.sampling, c.data.sampling_rate, c.data.target_fps) == ("fixed_rate", rate, 30)
+  assert c.data.person_crop and tuple(c.data.crop_aspect) == (1.0, 1.0)
 
 
 def test_bad_arguments_are_named():
@@ -82,3 +93,39 @@ def test_bad_arguments_are_named():
     _get("ntu60", "protocol=cvs9")
   with pytest.raises(ValueError, match="choose one of"):
     _get("smarthome", "paab,paat")
+
+
+@NEEDS_PAAB
+def test_method_switches_and_ablations():
+  c = _get("smarthome", "paab,vit_b16")
+  assert tuple(c.model.paab_layers) == (12,) and c.model.paab_variant == "pa_sa"
+  assert c.model.paat_layer == 0 and not c.aux_losses.get("paat", 0)
+  c = _get("smarthome", "paat,vit_b16")
+  assert c.model.paat_layer == 1 and c.model.paat_target == "p3d"
+  assert c.aux_losses.paat == 1.6 and not tuple(c.model.paab_layers)
+  c = _get("ntu60", "vit_b16,baseline")
+  assert not tuple(c.model.paab_layers) and c.model.paat_layer == 0
+  # Table 1a/b/d, Table 2, Fig. 4, Fig. 9.
+  c = _get("ntu60", "vit_b16,paab_layers=1+12,paab_variant=joint_pa_sta")
+  assert tuple(c.model.paab_layers) == (1, 12) and c.model.paab_variant == "joint_pa_sta"
+  c = _get("nucla", "vit_b16,paat_layer=6,paat_target=p2d,paat_weight=0.3")
+  assert c.model.paat_layer == 6 and c.model.paat_target == "p2d" and c.aux_losses.paat == 0.3
+  c = _get("smarthome", "vit_b16,paab,pose_map_random")
+  assert c.model.pose_map_random
+  c = _get("smarthome", "vit_b16,paat,pose_map_noise=20,pose_map_dilation=3")
+  assert c.model.pose_map_noise == 20 and c.model.pose_map_dilation == 3
+  c = _get("smarthome", "tiny,paab,runlocal")
+  assert tuple(c.model.paab_layers) == (2,)  # after the last block of the tiny backbone
+  with pytest.raises(ValueError, match="baseline uses no pose maps"):
+    _get("smarthome", "vit_b16,pose_map_noise=4")
+  with pytest.raises(ValueError, match="paab_layers='x'"):
+    _get("smarthome", "vit_b16,paab_layers=x")
+
+
+@NEEDS_TSF
+def test_timesformer_is_the_default_backbone_and_trains_fully():
+  c = _get("nucla")
+  assert c.model.family == "timesformer" and c.model.backbone == "B/16"
+  assert not c.freeze_backbone
+  c = _get("nucla", "vit_b16")
+  assert c.model.family == "clip" and c.freeze_backbone

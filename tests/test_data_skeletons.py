@@ -36,6 +36,24 @@ def test_ntu25_kinect_indices():
   assert sk.index("spine_shoulder") == 20
 
 
+def test_smarthome13_matches_lcrnet_drawing_code():
+  # LCR-Net's display_poses (naver/lcrnet-v2-improved-ppi demo.py), njts == 13: bones it
+  # calls "left" and "right", the torso lines (4,5) (10,11), the head at 12.
+  lcr_left = [(9, 11), (7, 9), (1, 3), (3, 5)]
+  lcr_right = [(0, 2), (2, 4), (8, 10), (6, 8)]
+  sk = skeletons.SMARTHOME13
+  for bones, side in ((lcr_left, "left_"), (lcr_right, "right_")):
+    for a, b in bones:
+      assert sk.joints[a].startswith(side) and sk.joints[b].startswith(side)
+  # Limb chains end at the torso joints: ankle-knee-hip, wrist-elbow-shoulder.
+  for chain in ((0, 2, 4), (1, 3, 5)):
+    assert [sk.joints[i].split("_")[1] for i in chain] == ["ankle", "knee", "hip"]
+  for chain in ((6, 8, 10), (7, 9, 11)):
+    assert [sk.joints[i].split("_")[1] for i in chain] == ["wrist", "elbow", "shoulder"]
+  assert sk.joints[12] == "head"
+  np.testing.assert_array_equal(sk.flip_permutation, [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12])
+
+
 def test_unknown_layout_names_known_ones():
   with pytest.raises(ValueError, match="coco17"):
     skeletons.get("coco18")

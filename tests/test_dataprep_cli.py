@@ -52,6 +52,27 @@ def test_cli_builds_and_reports(tmp_path, capsys):
   assert "already built" in capsys.readouterr().out
 
 
+def test_records_found_by_tfds_name(tmp_path):
+  """Built records load by TFDS name (read-only, and as the registered builder), and through
+  config.data.name + data_dir."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import data  # pylint: disable=g-import-not-at-top
+  m = _custom_manual(tmp_path)
+  data_dir = str(tmp_path / "data")
+  build.build_dataset("custom", data_dir, str(m), "coco17",
+                      builder_lib.BuildOptions(short_side=32, max_frames=2,
+                                               progress=False))
+  src = tfds.data_source("custom_videos/coco17", split="train",
+                         data_dir=data_dir)
+  assert len(src) == 2
+  b = tfds.builder("custom_videos/coco17", data_dir=data_dir)
+  assert isinstance(b, CustomVideos) and b.info.splits["train"].num_examples == 2
+  cfg = ml_collections.ConfigDict(dict(builder_dir="", name="custom_videos/coco17",
+                                       data_dir=data_dir, skeleton=""))
+  source = data.open_source(cfg, "train")
+  assert len(source) == 2 and source.skeleton.name == "coco17"
+
+
 def test_cli_needs_manual_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match="Diving48_V2_train.json"):
     build.build_dataset("diving48", str(tmp_path), str(tmp_path / "nope"))

@@ -7,10 +7,24 @@ Two pose sources, one config each per protocol:
                              RGB frame (colorX/colorY of `.skeleton` files, or
                              `rgb_body*` of their `.skeleton.npy` conversion;
                              NTU-25 joints), the official protocols.
+  cvs                        Kinect colour joints, the cross-view-subject
+                             protocols CVS1-3 of Varol et al. (SURREACT, IJCV
+                             2021), used by PAAB/PAAT: split `train` = the 0
+                             degree view of the cross-subject training
+                             subjects; `test_0`, `test_45`, `test_90` = each
+                             view of the cross-subject test subjects.
+
+CVS views, as SURREACT's `training/datasets/ntu.py` (gulvarol/surreact) names
+them from camera C and replication R: C001 is 45 degrees; C002 R002 and
+C003 R001 are 0 degrees (the subject faces the camera); C002 R001 and C003
+R002 are 90 degrees. SURREACT keeps only performances (S, P, R, A) present in
+all three views ("sync views"); so does this builder, by the listed names
+(SURREACT also drops triplets under 32 frames; here short videos stay).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import re
@@ -42,6 +56,8 @@ class Ntu60(builder_lib.VideoPoseBuilder):
       _config("xview", "coco17", "cross-view, mmaction2 HRNet poses"),
       _config("xsub_kinect", "ntu25", "cross-subject, Kinect colour joints"),
       _config("xview_kinect", "ntu25", "cross-view, Kinect colour joints"),
+      _config("cvs", "ntu25", "cross-view-subject CVS1-3 (train: 0 degree "
+              "view; test_0 / test_45 / test_90), Kinect colour joints"),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Put the NTU RGB+D 60 files in manual_dir:
@@ -59,7 +75,7 @@ class Ntu60(builder_lib.VideoPoseBuilder):
     names = (builder_lib.read_lines(class_file) if class_file else
              [f"A{i:03d}" for i in range(1, 61)])
     videos = builder_lib.index_videos(manual_dir)
-    if source == "kinect":
+    if source == "kinect" or protocol == "cvs":
       return names, self._kinect_splits(manual_dir, protocol, videos)
     pkl = common.find_file(manual_dir, _POSE_FILES)
     if pkl is None:
@@ -95,21 +111,51 @@ class Ntu60(builder_lib.VideoPoseBuilder):
             skeletons.setdefault(f[:-len(ext)], os.path.join(dirpath, f))
     ids = set(skeletons) | {s[:-len("_rgb")] for s in videos
                             if s.endswith("_rgb")}
-    splits = {"train": [], "val": []}
+    parsed = {}
     for vid in sorted(ids):
       m = _NAME.fullmatch(vid)
       if not m:
         continue
-      setup, camera, subject, _, action = (int(g) for g in m.groups())
+      setup, camera, subject, rep, action = (int(g) for g in m.groups())
       if action > 60 or setup > 17:  # NTU-120 additions.
         continue
-      train = (subject in XSUB_TRAIN_SUBJECTS if protocol == "xsub" else
-               camera in XVIEW_TRAIN_CAMERAS)
+      parsed[vid] = (setup, camera, subject, rep, action)
+    if protocol == "cvs":
+      complete = collections.Counter((s, p, r, a)
+                                     for s, _, p, r, a in parsed.values())
+    splits = ({"train": [], "test_0": [], "test_45": [], "test_90": []}
+              if protocol == "cvs" else {"train": [], "val": []})
+    for vid, (setup, camera, subject, rep, action) in parsed.items():
+      train = subject in XSUB_TRAIN_SUBJECTS
+      if protocol == "cvs":
+        if complete[(setup, subject, rep, action)] != 3:
+          continue  # not seen by all three cameras: not in the CVS sets
+        view = cvs_view(camera, rep)
+        if train and view != 0:
+          continue
+        split = "train" if train else f"test_{view}"
+      elif protocol == "xsub":
+        split = "train" if train else "val"
+      else:
+        split = "train" if camera in XVIEW_TRAIN_CAMERAS else "val"
       pose = (functools.partial(poses_lib.load_pose_file, skeletons[vid], 25)
               if vid in skeletons else None)
-      splits["train" if train else "val"].append(builder_lib.VideoItem(
+      splits[split].append(builder_lib.VideoItem(
           vid, action - 1, _video_path(videos, manual_dir, vid), pose=pose))
     return splits
+
+
+def cvs_view(camera: int, replication: int) -> int:
+  """Degrees between the subject's facing direction and camera C (SURREACT's
+  NTU views: C001 45; C002 R002 / C003 R001 0; C002 R001 / C003 R002 90)."""
+  if camera == 1:
+    return 45
+  if (camera, replication) in ((2, 2), (3, 1)):
+    return 0
+  if (camera, replication) in ((2, 1), (3, 2)):
+    return 90
+  raise ValueError(f"NTU camera {camera} replication {replication}: no CVS "
+                   "view (cameras 1-3, replications 1-2)")
 
 
 def _video_path(videos, manual_dir, vid):

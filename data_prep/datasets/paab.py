@@ -56,10 +56,19 @@ class _SplitCsvBuilder(builder_lib.VideoPoseBuilder):
                   if os.path.isfile(pose) else None)))
       splits[split] = items
     if not splits:
+      from_names = self._splits_from_names(manual_dir)
+      if from_names is not None:
+        return from_names
       raise FileNotFoundError(
-          f"no train/val/test.csv in {base} (see "
+          f"config {cfg.name!r}: no train/val/test.csv in {base} (see "
           f"{type(self).__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS)")
     return self._class_names(base, manual_dir, stems), splits
+
+  def _splits_from_names(self, manual_dir):
+    """(class names, splits) from the file names alone, or None (no CSVs
+    then means an error)."""
+    del manual_dir
+    return None
 
   def _class_names(self, base, manual_dir, stems) -> list[str]:
     """label_map.txt if given, else each label's class from its file names."""
@@ -95,11 +104,61 @@ class ToyotaSmarthome(_SplitCsvBuilder):
         {"njts": 13, "frames": [[{"pose2d": [x0..x12, y0..y12], ...}], ...]}
     <config>/train.csv, <config>/val.csv, <config>/test.csv  (config = cs, cv1,
         cv2), rows "video_path,pose_path,label" relative to manual_dir
+        (cs without CSVs: splits by subject from the video names)
     label_map.txt (optional) class names; default: from the video names
   """
 
   def _class_prefix(self, stem):
     return stem.split("_")[0]  # "Cook.Cleandishes_p02_r00_v02_c03"
+
+  def _splits_from_names(self, manual_dir):
+    """Cross-subject without CSVs: subjects p03 p04 p06 p07 p09 p12 p13 p15
+    p17 p19 p25 train, the other seven test (Das et al., ICCV 2019; the
+    same list in public split scripts, e.g. the `TRAIN_IDS` of Smarthome
+    split generators). The cross-view protocols use 19 of the 31 activities
+    and per-camera lists: give their CSVs."""
+    if self.builder_config.name != "cs":
+      return None
+    videos = builder_lib.index_videos(manual_dir)
+    named = {}
+    for stem, path in videos.items():
+      m = _SMARTHOME_NAME.fullmatch(stem)
+      if m:
+        named[stem] = (m.group(1), m.group(2), path)
+    if not named:
+      return None
+    path = common.find_file(manual_dir, ("label_map.txt",))
+    names = (builder_lib.read_lines(path) if path else
+             sorted({act for act, _, _ in named.values()}))
+    if len(names) != 31:
+      raise ValueError(
+          f"{manual_dir}: the video names show {len(names)} activities, the "
+          f"cross-subject protocol has 31; put the 31 class names in "
+          f"label_map.txt (one a line, in label order)")
+    index = {n: i for i, n in enumerate(names)}
+    poses = {}
+    for dirpath, _, files in os.walk(manual_dir):
+      for f in files:
+        if f.endswith("_pose3d.json"):
+          poses.setdefault(f[:-len("_pose3d.json")], os.path.join(dirpath, f))
+    splits = {"train": [], "test": []}
+    for stem, (act, subject, path) in sorted(named.items()):
+      split = "train" if subject in SMARTHOME_CS_TRAIN else "test"
+      label = index.get(act, -1)
+      pose = (functools.partial(poses_lib.from_paab_json, poses[stem], 13)
+              if stem in poses else None)
+      splits[split].append(builder_lib.VideoItem(
+          stem, label, path, pose=pose,
+          error=None if label >= 0 else f"activity {act!r} not in "
+                                         f"label_map.txt"))
+    return names, splits
+
+
+# Activity_pNN_rNN_vNN_cNN, e.g. Cook.Cleandishes_p02_r00_v02_c03.
+_SMARTHOME_NAME = re.compile(r"([^_]+)_(p\d+)_r\d+_v\d+_c\d+")
+SMARTHOME_CS_TRAIN = frozenset(
+    ("p03", "p04", "p06", "p07", "p09", "p12", "p13", "p15", "p17", "p19",
+     "p25"))
 
 
 class NUCLA(_SplitCsvBuilder):
@@ -107,16 +166,27 @@ class NUCLA(_SplitCsvBuilder):
 
   name = "nucla"
   BUILDER_CONFIGS = [
+      builder_lib.DatasetConfig(name="cs", joint_layout="openpose18",
+                                num_classes=10, description="cross-subject"),
+  ] + [
+      builder_lib.DatasetConfig(
+          name=f"cv{v}", joint_layout="openpose18", num_classes=10,
+          description=f"cross-view: train on the other two views, test on "
+                      f"view {v}")
+      for v in (1, 2, 3)
+  ] + [  # the name of earlier releases, = cv3
       builder_lib.DatasetConfig(name="cv", joint_layout="openpose18",
                                 num_classes=10,
                                 description="cross-view (test on view 3)"),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-  N-UCLA laid out as in PAAB/PAAT (dominickrei/PoseAwareVT):
+  N-UCLA laid out as in PAAB/PAAT (dominickrei/PoseAwareVT README):
     ucla_rgb/view_1/a01_s01_e00.mp4 ...
-    ucla_skeletons/S01A01E01V01_skeleton2d.json ...  (OpenPose-18, njts 18)
-    cv/train.csv, cv/test.csv (or train.csv, test.csv), rows
-        "video_path,pose_path,label" relative to manual_dir
+    ucla_skeletons/S01A01E01V01_skeleton2d.json ...  (OpenPose-18, njts 18;
+        N-UCLA ships no 2D poses: PAAB/PAAT extracted them with OpenPose)
+    <config>/train.csv, <config>/test.csv (config = cs, cv1, cv2, cv3; or
+        train.csv, test.csv), rows "video_path,pose_path,label" relative
+        to manual_dir. The paper reports cs, cv3 and the mean of cv1..cv3.
     label_map.txt (optional) class names; default: a01..a12 from the names
   """
 

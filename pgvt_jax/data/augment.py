@@ -75,6 +75,34 @@ def eval_crop_boxes(height: int, width: int, short_side: int, size: int,
   raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
 
 
+def person_box(kp: np.ndarray, score: np.ndarray, height: int, width: int,
+               score_threshold: float, margin: float) -> Box:
+  """The person-centred square crop region of a video (PAAB/PAAT Appendix B).
+
+  Union box of every joint with score > score_threshold over all frames and
+  the given persons, grown by `margin` x its longer side on every side,
+  squared around its centre and shifted (then, if need be, shrunk) to lie in
+  the frame. Without any visible joint: the largest centred square.
+
+  Args:
+    kp: (T, M, V, 2) stored-frame keypoints; score: (T, M, V).
+    height, width: the stored frame size.
+  """
+  ok = (score > score_threshold) & np.all(np.isfinite(kp), axis=-1)
+  side_max = float(min(height, width))
+  if not np.any(ok):
+    return ((width - side_max) / 2, (height - side_max) / 2, side_max, side_max)
+  pts = kp[ok]
+  lo = np.clip(pts.min(axis=0), 0, [width, height])
+  hi = np.clip(pts.max(axis=0), 0, [width, height])
+  side = float(np.max(hi - lo)) * (1 + 2 * margin)
+  side = min(max(side, 1.0), side_max)
+  cx, cy = (lo + hi) / 2
+  x0 = min(max(cx - side / 2, 0.0), width - side)
+  y0 = min(max(cy - side / 2, 0.0), height - side)
+  return (float(x0), float(y0), side, side)
+
+
 def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
   """(size, size, 3) uint8: the box resampled bilinearly (antialiased)."""
   x0, y0, w, h = box

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 POSE_FORMATS = ("coords", "heatmap")
+SAMPLING = ("segments", "fixed_rate")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,6 +35,13 @@ def get_config() -> ml_collections.ConfigDict:
   # pose frames, k per video segment, spanning the same time (see sampling.py).
   c.num_frames = 16        # T_l
   c.pose_frames = 48       # T_h, a multiple of num_frames
+  # "segments" (above) | "fixed_rate": T frames `sampling_rate` apart at
+  # `target_fps` (TimeSformer/SlowFast dense sampling; the PAAB/PAAT recipe:
+  # 8 frames at rate 32 on Smarthome, 16 at rate 4 on NTU). The window is
+  # converted to stored frames with the record's fps.
+  c.sampling = "segments"
+  c.sampling_rate = 4
+  c.target_fps = 30.0
 
   # Spatial: train = random resized crop of the stored frames (AIM: area
   # 0.08-1, aspect 3/4-4/3) + flip; eval = resize short side to `short_side`,
@@ -43,6 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.crop_area = (0.08, 1.0)
   c.crop_aspect = (3 / 4, 4 / 3)
   c.flip = True            # horizontal flip with p=0.5, swaps left/right joints
+  # Person-centred crop (PAAB/PAAT): crops are drawn from the square around
+  # the union box of the video's keypoints (grown by person_crop_margin x its
+  # side on each side) instead of from the whole frame.
+  c.person_crop = False
+  c.person_crop_margin = 0.1
 
   # Pose: up to max_persons persons by mean score, J = V * max_persons joints,
   # person-major. Joints with score <= score_threshold are masked.
@@ -86,6 +99,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.pose_frames % cfg.num_frames:
     fail("pose_frames", f"T_h={cfg.pose_frames} must be a multiple of "
          f"num_frames T_l={cfg.num_frames} (k pose frames per video segment)")
+  if cfg.get("sampling", "segments") not in SAMPLING:
+    fail("sampling", f"{cfg.sampling!r} is not one of {SAMPLING}")
+  if cfg.get("sampling", "segments") == "fixed_rate" and (
+      cfg.sampling_rate <= 0 or cfg.target_fps <= 0):
+    fail("sampling_rate", "sampling_rate and target_fps must be > 0, got "
+         f"{cfg.sampling_rate}, {cfg.target_fps}")
+  if cfg.get("person_crop_margin", 0.0) < 0:
+    fail("person_crop_margin", f"must be >= 0, got {cfg.person_crop_margin}")
   if cfg.pose_format not in POSE_FORMATS:
     fail("pose_format", f"{cfg.pose_format!r} is not one of {POSE_FORMATS}")
   if cfg.eval_crops not in (1, 3):

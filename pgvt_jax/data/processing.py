@@ -99,10 +99,11 @@ class ClipProcessor:
     """A randomly sampled, cropped and flipped clip (draws only from `rng`)."""
     cfg = self.cfg
     frames, kp, score = self._parse(record)
-    vidx, pidx = sampling.sample_aligned(
-        frames.count, cfg.num_frames, cfg.pose_frames, rng=rng)
-    box = augment.random_resized_crop_box(
-        rng, frames.height, frames.width, cfg.crop_area, cfg.crop_aspect)
+    vidx, pidx = self._sample(record, frames.count, rng=rng)
+    rx, ry, rw, rh = self._region(frames, score, kp)
+    x0, y0, w, h = augment.random_resized_crop_box(
+        rng, rh, rw, cfg.crop_area, cfg.crop_aspect)
+    box = (rx + x0, ry + y0, w, h)
     flip = bool(cfg.flip) and rng.random() < 0.5
     return self._example(record, index, frames, kp, score, vidx, pidx, box,
                          flip)
@@ -112,12 +113,12 @@ class ClipProcessor:
     cfg = self.cfg
     clip, crop = divmod(view, cfg.eval_crops)
     frames, kp, score = self._parse(record)
-    vidx, pidx = sampling.sample_aligned(
-        frames.count, cfg.num_frames, cfg.pose_frames, clip=clip,
-        num_clips=cfg.eval_clips)
-    box = augment.eval_crop_boxes(frames.height, frames.width,
-                                  cfg.short_side or cfg.image_size,
-                                  cfg.image_size, cfg.eval_crops)[crop]
+    vidx, pidx = self._sample(record, frames.count, clip=clip)
+    rx, ry, rw, rh = self._region(frames, score, kp)
+    x0, y0, w, h = augment.eval_crop_boxes(rh, rw,
+                                           cfg.short_side or cfg.image_size,
+                                           cfg.image_size, cfg.eval_crops)[crop]
+    box = (rx + x0, ry + y0, w, h)
     ex = self._example(record, index, frames, kp, score, vidx, pidx, box,
                        False)
     ex["view_index"] = np.int32(view)
@@ -136,6 +137,32 @@ class ClipProcessor:
     return example_spec(self.cfg, self.skeleton.num_joints, eval_rows)
 
   # -- internals --------------------------------------------------------------
+
+  def _sample(self, record, num_stored: int, rng=None, clip: int = 0):
+    """Video and pose frame indices: segments (default) or a fixed rate."""
+    cfg = self.cfg
+    mode = cfg.get("sampling", "segments")
+    if mode == "segments":
+      return sampling.sample_aligned(num_stored, cfg.num_frames, cfg.pose_frames,
+                                     rng=rng, clip=clip, num_clips=cfg.eval_clips)
+    # "fixed_rate": a window of rate * T frames at target_fps, in stored frames
+    # at the record's own frame rate (records without one: target_fps).
+    fps = float(np.asarray(record.get("fps", 0) or 0)) or cfg.target_fps
+    span = cfg.sampling_rate * cfg.num_frames * fps / cfg.target_fps
+    return sampling.sample_fixed_rate(num_stored, cfg.num_frames, cfg.pose_frames,
+                                      span, rng=rng, clip=clip,
+                                      num_clips=cfg.eval_clips)
+
+  def _region(self, frames, score, kp) -> augment.Box:
+    """The area crops are drawn from: the whole frame, or with
+    config.data.person_crop the person-centred square (see augment)."""
+    if not self.cfg.get("person_crop", False):
+      return (0.0, 0.0, float(frames.width), float(frames.height))
+    persons = augment.select_persons(score, self.cfg.max_persons)
+    return augment.person_box(kp[:, persons], score[:, persons],
+                              frames.height, frames.width,
+                              self.cfg.score_threshold,
+                              self.cfg.person_crop_margin)
 
   def _parse(self, record):
     vid = _video_id(record)

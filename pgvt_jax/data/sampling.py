@@ -66,3 +66,44 @@ def sample_aligned(num_stored: int, num_frames: int, pose_frames: int,
     v_off = p_off = (clip + 0.5) / num_clips
   return (segment_indices(num_stored, num_frames, v_off),
           segment_indices(num_stored, pose_frames, p_off))
+
+
+def sample_fixed_rate(num_stored: int, num_frames: int, pose_frames: int,
+                      span: float, rng: np.random.Generator | None = None,
+                      clip: int = 0, num_clips: int = 1
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Frames at a fixed rate: T evenly spaced frames in a window of `span` frames.
+
+  TimeSformer / SlowFast's dense sampling (`decoder.get_start_end_idx` and
+  `temporal_sampling`), the PAAB/PAAT recipe: a window of span = rate * T *
+  fps / target_fps stored frames starts at a uniform random position in
+  [0, n - span] (training) or at (n - span) * clip / num_clips (test clip
+  `clip` of `num_clips`); its first and last frames and T - 2 in between are
+  taken (consecutive samples `rate` frames apart at target_fps). Videos
+  shorter than the window repeat their last frame.
+
+  Args:
+    num_stored: n stored frames.
+    num_frames: T_l video frames.
+    pose_frames: T_h = k * T_l pose frames, spread over the same window.
+    span: window length in stored frames (> 0).
+    rng: training draws the start; None: test clip `clip` of `num_clips`.
+
+  Returns:
+    video_idx (T_l,), pose_idx (T_h,) int32 in [0, n), non-decreasing.
+  """
+  if num_stored < 1:
+    raise ValueError(f"cannot sample from a video with {num_stored} frames")
+  if span <= 0:
+    raise ValueError(f"sampling window of {span} frames, expected > 0")
+  delta = max(num_stored - span, 0.0)
+  start = rng.uniform(0.0, delta) if rng is not None else delta * clip / num_clips
+
+  def take(t):
+    # linspace(start, start + span - 1, t), multiplied before dividing; the
+    # 1e-6 keeps positions that are whole numbers from flooring one frame
+    # back (torch's .long() truncates; positions are >= 0, so floor).
+    pos = start + (span - 1) * np.arange(t) / max(t - 1, 1)
+    return np.clip(np.floor(pos + 1e-6), 0, num_stored - 1).astype(np.int32)
+
+  return take(num_frames), take(pose_frames)

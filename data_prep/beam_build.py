@@ -1,0 +1,90 @@
+"""Apache Beam execution of a build: TFDS's own Beam support, our per-video step.
+
+`python -m data_prep.build ... --beam_options="--runner=DirectRunner"` (or
+DataflowRunner / FlinkRunner / SparkRunner with their options) passes a
+`DownloadConfig(beam_options=...)`; the builder's `_split_generators` then
+returns, per split, the PTransform below instead of a Python generator. TFDS
+writes its output (shuffling by key and sharding exactly as it does for a
+local build), so the records are the same as a local build's.
+
+The listing (dataset files -> VideoItems) runs where the command is started;
+each worker runs `builder.process_item` on its videos. Every video's outcome
+(skip reason, or warnings and counts) is gathered into one JSON report per
+split, written next to the records while they are built and merged into the
+build summary afterwards. Needs the `[beam]` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from etils import epath
+
+from data_prep import builder as builder_lib
+
+_REPORT = "{split}.beam_report.json"
+
+
+def report_path(data_path, split: str) -> str:
+  return str(epath.Path(data_path) / _REPORT.format(split=split))
+
+
+def _run(indexed_item, args):
+  index, item = indexed_item
+  return index, item.video_id, builder_lib.process_item(item, *args)
+
+
+def _example(row):
+  _, video_id, result = row
+  if isinstance(result, builder_lib.SkipVideo):
+    return []
+  return [(video_id, result[0])]
+
+
+def _report_row(row) -> list[Any]:
+  index, video_id, result = row
+  if isinstance(result, builder_lib.SkipVideo):
+    return [index, video_id, str(result)]
+  _, warnings, counts = result
+  return [index, video_id, [list(warnings), dict(counts)]]
+
+
+def _write_report(rows, path: str) -> None:
+  epath.Path(path).write_text(json.dumps(sorted(rows)))
+
+
+def read_report(data_path, split: str) -> list[tuple[str, Any]]:
+  """[(video_id, SkipVideo | (None, warnings, counts))] in listing order;
+  the report file is removed."""
+  path = epath.Path(report_path(data_path, split))
+  rows = json.loads(path.read_text())
+  path.unlink()
+  out = []
+  for _, video_id, result in rows:
+    if isinstance(result, str):
+      out.append((video_id, builder_lib.SkipVideo(result)))
+    else:
+      out.append((video_id, (None, result[0], result[1])))
+  return out
+
+
+def split_transform(items: list[builder_lib.VideoItem], args: tuple,
+                    report: str):
+  """The PTransform of one split: PBegin -> PCollection[(key, example)]."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+  class _Split(beam.PTransform):
+
+    def expand(self, pbegin):
+      rows = (pbegin
+              | "ListVideos" >> beam.Create(list(enumerate(items)))
+              | "Reshuffle" >> beam.Reshuffle()  # spread videos over workers
+              | "Process" >> beam.Map(_run, args))
+      _ = (rows
+           | "ReportRow" >> beam.Map(_report_row)
+           | "Gather" >> beam.combiners.ToList()
+           | "WriteReport" >> beam.Map(_write_report, report))
+      return rows | "Examples" >> beam.FlatMap(_example)
+
+  return _Split()
