@@ -40,6 +40,9 @@ LINK_COLORS = ((230, 60, 40), (40, 160, 230), (250, 200, 30), (150, 60, 220))
 JOINT_COLORS = ((255, 255, 255), (20, 20, 20), (255, 0, 255), (0, 255, 120), (255, 140, 0))
 
 
+BACKGROUNDS = ("shared", "per_camera", "per_episode")
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
   """The synthetic world. Sizes in world units; the arm's base is at the origin."""
@@ -51,12 +54,19 @@ class WorldConfig:
   seed: int = 0                 # fixes the camera rig and link lengths
   camera_distance: float = 3.6
   focal: float = 1.0            # focal length in units of image_size
+  # "shared": one fixed scene behind the arm for every camera (a room; only the viewpoint
+  # differs: the easiest); "per_camera": each camera films its own fixed backdrop;
+  # "per_episode": a new random background for every episode and view (hardest).
+  background: str = "shared"
 
   def __post_init__(self):
     if not 2 <= self.num_views <= 4:
       raise ValueError(f"WorldConfig.num_views={self.num_views}: expected 2..4")
     if not 2 <= self.num_links <= 4:
       raise ValueError(f"WorldConfig.num_links={self.num_links}: expected 2..4")
+    if self.background not in BACKGROUNDS:
+      raise ValueError(f"WorldConfig.background={self.background!r}: expected one of "
+                       f"{BACKGROUNDS}")
 
   @property
   def num_joints(self) -> int:
@@ -157,8 +167,11 @@ def render_episode(cfg: WorldConfig, seed: tuple[int, ...]
   rng = np.random.default_rng(seed)
   pts = forward_kinematics(joint_trajectory(cfg, rng), link_lengths(cfg))
   frames, kps, depth = [], [], []
-  for cam in cameras(cfg, rng):
-    bg = synthetic._background(cfg.image_size, rng)  # pylint: disable=protected-access
+  for v, cam in enumerate(cameras(cfg, rng)):
+    bg_rng = {"shared": np.random.default_rng((cfg.seed, 303)),
+              "per_camera": np.random.default_rng((cfg.seed, 303, v)),
+              "per_episode": rng}[cfg.background]
+    bg = synthetic._background(cfg.image_size, bg_rng)  # pylint: disable=protected-access
     fr, kp = render_view(pts, cam, bg, cfg)
     frames.append(fr)
     kps.append(kp)

@@ -47,7 +47,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> str:
   if syn and syn.get("enabled", False):
     from data_prep.datasets import multiview  # pylint: disable=g-import-not-at-top
     kw = {k: syn[k] for k in ("num_train", "num_test", "num_views", "num_links", "num_frames",
-                              "image_size", "seed")}
+                              "image_size", "seed", "background")}
     config.data.builder_dir = multiview.build_synthetic(str(Path(syn.data_dir).expanduser()),
                                                         **kw)
   if not config.data.get("builder_dir"):
@@ -268,5 +268,6 @@ def trainer_config() -> ml_collections.ConfigDict:
                                           eval_split="test", train_batch_size=4))
   c.synthetic_world = ml_collections.ConfigDict(dict(
       enabled=False, data_dir="~/.cache/pgvt_jax/multiview", num_train=24, num_test=8,
-      num_views=3, num_links=3, num_frames=40, image_size=64, seed=0))
+      num_views=3, num_links=3, num_frames=40, image_size=64, seed=0,
+      background="shared"))
   return c

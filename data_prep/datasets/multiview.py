@@ -88,12 +88,15 @@ class WorldDatasetConfig(builder_lib.DatasetConfig):
   num_frames: int = 40
   image_size: int = 64
   seed: int = 0
+  background: str = "shared"
 
   @classmethod
   def make(cls, **kw) -> "WorldDatasetConfig":
     c = cls(name="tmp", **kw)
     name = (f"v{c.num_views}_l{c.num_links}_n{c.num_train}-{c.num_test}_t{c.num_frames}"
             f"_s{c.image_size}_seed{c.seed}")
+    if c.background != "shared":
+      name += "_bg_" + c.background
     return dataclasses.replace(c, name=name, joint_layout=f"arm{c.num_links + 1}",
                                num_classes=c.num_views,
                                description="synthetic multi-view robot arm")
@@ -101,7 +104,7 @@ class WorldDatasetConfig(builder_lib.DatasetConfig):
   def world(self) -> multiview.WorldConfig:
     return multiview.WorldConfig(num_views=self.num_views, num_links=self.num_links,
                                  num_frames=self.num_frames, image_size=self.image_size,
-                                 seed=self.seed)
+                                 seed=self.seed, background=self.background)
 
 
 class SyntheticMultiView(builder_lib.VideoPoseBuilder):
