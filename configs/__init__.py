@@ -1,4 +1,5 @@
 """Experiment configs (big_vision style): `--config=configs/<name>.py:<arg>`.
 
-Run from the repository root (the configs import `configs.common`).
+Installed with pgvt_jax, so `configs/<name>.py` loads from any working directory
+(pgvt_jax/config_files.py resolves it against this package when the path does not exist).
 """

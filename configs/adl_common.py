@@ -15,8 +15,8 @@ Arguments (comma-separated after the file name, big_vision style, see configs/co
   runlocal   tiny backbone (Ti/8), 32 px, 2 steps on CPU
 Ablations (Table 1, Table 2, Fig. 4, Fig. 9):
   paab_layers=12 | 1+12 | 6 ...   PAAB position(s), 1-indexed, '+'-separated (Table 1a); implies
-                                  paab. Table 1c (2-4 PAABs stacked at one layer) needs a
-                                  per-position count the model does not have yet.
+                                  paab
+  paab_depth=1..4                 consecutive PAABs at each position (Table 1c)
   paab_variant=pa_sa|fact_pa_sta|joint_pa_sta   (Table 1b)
   paat_layer=1|6|12               PAAT position (Table 1a); implies paat
   paat_target=p3d|p2d             (Table 1d)
@@ -94,7 +94,8 @@ def parse_adl_arg(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
       rest.append(item)
   out = common.parse_arg(
       ",".join(rest), backbone="vit_b16", baseline=False, paab=False, paat=False,
-      protocol=next(iter(protocols)), runlocal=False, paab_layers="", paab_variant="pa_sa",
+      protocol=next(iter(protocols)), runlocal=False, paab_layers="", paab_depth=1,
+      paab_variant="pa_sa",
       paat_layer=0, paat_target="p3d", paat_weight=PAPER_PAAT_WEIGHT, pose_map_dilation=1,
       pose_map_random=False, pose_map_noise=0)
   out.family = family
@@ -141,6 +142,8 @@ def _model(arg, spec, num_classes) -> dict:
   if arg.method == "paab":
     model["paab_layers"] = arg.paab_layer_list or (depth,)
     model["paab_variant"] = arg.paab_variant
+    if arg.paab_depth != 1:
+      model["paab_depth"] = arg.paab_depth
   elif arg.method == "paat":
     model["paat_layer"] = arg.paat_layer or 1
     model["paat_target"] = arg.paat_target

@@ -7,8 +7,9 @@ returns, per split, the PTransform below instead of a Python generator. TFDS
 writes its output (shuffling by key and sharding exactly as it does for a
 local build), so the records are the same as a local build's.
 
-The listing (dataset files -> VideoItems) runs where the command is started;
-each worker runs `builder.process_item` on its videos. Every video's outcome
+The listing (dataset files -> VideoItems) runs where the command is started
+and, once, on each worker (the pipeline carries only video ids); each worker
+runs `builder.process_item` on its videos. Every video's outcome
 (skip reason, or warnings and counts) is gathered into one JSON report per
 split, written next to the records while they are built and merged into the
 build summary afterwards. Needs the `[beam]` extra.
@@ -30,9 +31,27 @@ def report_path(data_path, split: str) -> str:
   return str(epath.Path(data_path) / _REPORT.format(split=split))
 
 
-def _run(indexed_item, args):
-  index, item = indexed_item
-  return index, item.video_id, builder_lib.process_item(item, *args)
+class _ProcessVideos:
+  """video id -> (index, id, process_item result), on a Beam worker.
+
+  The worker lists the dataset once (`setup`) from the pickled builder
+  (data_dir, config, options; manual_dir must be readable there) instead of
+  receiving every item's pose data through the pipeline.
+  """
+
+  def __init__(self, builder, manual_dir, split, args):
+    self._builder, self._manual_dir, self._split = builder, manual_dir, split
+    self._args, self._items = args, None
+
+  def setup(self):
+    if self._items is None:
+      items = self._builder.list_split(self._manual_dir, self._split)
+      self._items = {item.video_id: (i, item) for i, item in enumerate(items)}
+
+  def __call__(self, video_id):
+    self.setup()
+    index, item = self._items[video_id]
+    return index, video_id, builder_lib.process_item(item, *self._args)
 
 
 def _example(row):
@@ -69,18 +88,22 @@ def read_report(data_path, split: str) -> list[tuple[str, Any]]:
   return out
 
 
-def split_transform(items: list[builder_lib.VideoItem], args: tuple,
-                    report: str):
-  """The PTransform of one split: PBegin -> PCollection[(key, example)]."""
+def split_transform(builder, manual_dir: str | None, split: str,
+                    items: list[builder_lib.VideoItem], report: str):
+  """The PTransform of one split: PBegin -> PCollection[(key, example)].
+
+  `items` (listed here) only give the video ids; workers list them again.
+  """
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  process = _ProcessVideos(builder, manual_dir, split, builder._process_args())  # pylint: disable=protected-access
 
   class _Split(beam.PTransform):
 
     def expand(self, pbegin):
       rows = (pbegin
-              | "ListVideos" >> beam.Create(list(enumerate(items)))
+              | "ListVideos" >> beam.Create([item.video_id for item in items])
               | "Reshuffle" >> beam.Reshuffle()  # spread videos over workers
-              | "Process" >> beam.Map(_run, args))
+              | "Process" >> beam.Map(process))
       _ = (rows
            | "ReportRow" >> beam.Map(_report_row)
            | "Gather" >> beam.combiners.ToList()

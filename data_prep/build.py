@@ -17,6 +17,7 @@ them. Read the records with
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import sys
@@ -117,6 +118,9 @@ def _parse(argv):
 
 def main(argv=None) -> int:
   args = _parse(argv)
+  if args.beam_options and importlib.util.find_spec("apache_beam") is None:
+    sys.exit("error: --beam_options needs Apache Beam: pip install "
+             "'pgvt_jax[beam]' (docs/data.md)")
   tfds.disable_progress_bar()  # Ours (per split, with skip counts) is enough.
   options = builder_lib.BuildOptions(
       short_side=args.short_side or None, jpeg_quality=args.jpeg_quality,

@@ -158,11 +158,18 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
     # which is not installed here; the file path of the class is the answer.
     return epath.Path(inspect.getfile(cls))
 
+  # Constructor arguments of a subclass that a pickled builder (Beam workers)
+  # must keep; TFDS pickles only data_dir, config and version.
+  PICKLED_ARGS: tuple[str, ...] = ()
+
   def __init__(self, *, options: BuildOptions | None = None, **kwargs):
     self.options = options or BuildOptions()
     self.summary = records.BuildSummary(dataset=self.name)
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
+    self._original_state.update(
+        options=self.options,
+        **{k: getattr(self, k) for k in self.PICKLED_ARGS})
 
   # ------------------------------------------------------------ subclasses
 
@@ -212,7 +219,7 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
     if getattr(self, "_beam", False):
       from data_prep import beam_build  # pylint: disable=g-import-not-at-top
       return {name: beam_build.split_transform(
-          self._unique(name, items), self._process_args(),
+          self, manual, name, self._unique(name, items),
           beam_build.report_path(self.data_path, name))
               for name, items in splits.items()}
     return {name: self._generate_examples(name, items)
@@ -237,17 +244,18 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
   def _unique(self, split: str, items: list[VideoItem]) -> list[VideoItem]:
     """Items after --limit, duplicates skipped (counted in the summary)."""
     summary = self.summary.split(split)
-    if self.options.limit is not None:
-      items = items[:self.options.limit]
-    seen, unique = set(), []
-    for item in items:
-      if item.video_id in seen:
-        summary.skip(item.video_id, "duplicate video id in split")
-        continue
-      seen.add(item.video_id)
-      unique.append(item)
-    summary.listed = len(items)
+    unique, duplicates = select_items(items, self.options.limit)
+    for item in duplicates:
+      summary.skip(item.video_id, "duplicate video id in split")
+    summary.listed = len(unique) + len(duplicates)
     return unique
+
+  def list_split(self, manual_dir: str | None, split: str
+                ) -> list[VideoItem]:
+    """The split's items as `_split_generators` writes them (Beam workers
+    list the dataset again rather than receive every item's data)."""
+    return select_items(self._read_dataset(manual_dir)[1][split],
+                        self.options.limit)[0]
 
   def _process_args(self) -> tuple[BuildOptions, str, int]:
     return self.options, self.builder_config.joint_layout, self._num_classes
@@ -297,6 +305,17 @@ class VideoPoseBuilder(tfds.core.GeneratorBasedBuilder):
     n = getattr(self, "_num_classes", None)
     return check_label(label, self.info.features["label"].num_classes
                        if n is None else n)
+
+
+def select_items(items: list[VideoItem], limit: int | None
+                ) -> tuple[list[VideoItem], list[VideoItem]]:
+  """(first `limit` items without repeated ids, the repeats)."""
+  items = items[:limit] if limit is not None else items
+  seen, unique, duplicates = set(), [], []
+  for item in items:
+    (duplicates if item.video_id in seen else unique).append(item)
+    seen.add(item.video_id)
+  return unique, duplicates
 
 
 def check_label(label, num_classes: int) -> str | None:

@@ -9,7 +9,6 @@ from their initialisers; without `clip_dir` the backbone is random, with a warni
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -92,8 +91,7 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
 def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
                      train: bool) -> Experiment:
   workdir.mkdir(parents=True, exist_ok=True)
-  writer = metric_writer.MetricWriter(workdir)
-  writer.write_json("config.json", json.loads(config.to_json_best_effort()))
+  writer = metric_writer.MetricWriter(workdir)  # config.json: workdir.record_config
 
   # ---------------------------------------------------------------- mesh
   mesh = partitioning.make_mesh(config.mesh)
@@ -179,10 +177,14 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.eval_every = 0           # 0: only at the end
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
+  c.restore_step = 0         # > 0: resume from this kept step (later checkpoints are deleted)
+  c.allow_config_changes = False  # resume although training fields changed (named on resume)
   c.best_metric = "eval/top1"
   c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
   c.async_checkpoints = True
-  c.aux_losses = ml_collections.ConfigDict()   # {"name": weight}, see pgvt_jax.losses
+  # {"name": weight} of registered auxiliary losses (pgvt_jax.losses); 0 = off. Declared so
+  # `--config.aux_losses.paat=1.6` works from the command line.
+  c.aux_losses = ml_collections.ConfigDict({"paat": 0.0})  # PAAT lambda (Eq. 8; paper 1.6)
   c.optim = optim.get_config()
   c.mesh = partitioning.get_config()
   c.data = data.get_config()

@@ -5,7 +5,9 @@ r"""Entry point: parses flags and calls the trainer. Kept short so notebooks can
         --config.clip_dir=weights/clip_l14 --config.optim.lr=3e-4
     python -m pgvt_jax.main --config=... --workdir=... --mode=evaluate
 
-Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host: pass
+Rerunning the same command resumes from the workdir's latest checkpoint. Exit codes: 0 done;
+1 a clear error (bad config, workdir in use, changed config on resume, divergence, nothing to
+evaluate); 143 preempted by SIGTERM after saving a checkpoint (rerun to resume). Multi-host: pass
 --multiprocess (on TPU pods and SLURM/GPU clusters jax.distributed finds its peers itself) or
 --coordinator_address/--num_processes/--process_id explicitly.
 """
@@ -16,7 +18,8 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from pgvt_jax import config_files, data, train
+from pgvt_jax import checkpointing, config_files, data, train
+from pgvt_jax import workdir as workdir_lib
 
 # `configs/<name>.py` resolves from any working directory (pgvt_jax.config_files).
 _CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.",
@@ -50,14 +53,27 @@ def main(argv):
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   config = _CONFIG.value
+  expected = (workdir_lib.ConfigError, workdir_lib.WorkdirLockedError, FloatingPointError,
+              checkpointing.CheckpointIntegrityError)
   try:
     if _MODE.value == "evaluate":
       metrics = train.evaluate(config, _WORKDIR.value)
     else:
       metrics = train.train_and_evaluate(config, _WORKDIR.value,
                                          run_evals=_MODE.value == "train_and_evaluate")
-  except data.RecordsNotFoundError as e:  # a step the user has to take, not a bug
-    sys.exit(f"error: {e}")
+  except data.RecordsNotFoundError as e:  # a step the user has to take: names the build command
+    raise SystemExit(f"pgvt_jax: error: {e}") from None
+  except expected as e:  # the message says what to do; a traceback would only bury it
+    logging.error("%s: %s", type(e).__name__, e)
+    raise SystemExit(f"pgvt_jax: error: {e}") from None
+  except FileNotFoundError as e:
+    if _MODE.value != "evaluate":
+      raise
+    raise SystemExit(f"pgvt_jax: error: {e}") from None
+  if "preempted_at_step" in metrics:
+    logging.warning("Preempted: exiting with code %d (rerun the same command to resume)",
+                    train.PREEMPTED_EXIT_CODE)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
   logging.info("Final metrics: %s", metrics)
   if jax.process_index() == 0:
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})

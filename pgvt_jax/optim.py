@@ -97,9 +97,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   """
   if cfg.optimizer not in OPTIMIZERS:
     raise ValueError(f"config.optim.optimizer={cfg.optimizer!r}; expected one of {OPTIMIZERS}")
-  parts = []
-  if cfg.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  # identity() when off: the optimizer state has the same structure with and without clipping,
+  # so a run can enable clipping on resume (e.g. after a NaN).
+  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm > 0
+           else optax.identity()]
   if cfg.optimizer == "sgd":
     # torch.optim.SGD: buf = momentum * buf + (g + wd * p); p -= lr * buf.
     if cfg.weight_decay:

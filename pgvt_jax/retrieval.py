@@ -172,6 +172,23 @@ def _dummy_batch(model):
   return _factory().dummy_batch(model.config)
 
 
+def fit_joints(batch: dict, num_joints: int) -> dict:
+  """A batch whose pose has J joints for a model that reads `num_joints`: extra slots are
+  masked (PAAB's inference reads only P2D, the union of the visible joints, so this is exact);
+  more joints than the model has cannot be represented (error)."""
+  j = batch["pose"].shape[2]
+  if j == num_joints:
+    return batch
+  if j > num_joints:
+    raise ValueError(f"these records have {j} joints per frame, the model's PAAB reads "
+                     f"{num_joints}: PAAB pose maps of this set cannot be formed")
+  pad = num_joints - j
+  out = dict(batch)
+  out["pose"] = np.pad(batch["pose"], ((0, 0), (0, 0), (0, pad), (0, 0)))
+  out["pose_mask"] = np.pad(batch["pose_mask"], ((0, 0), (0, 0), (0, pad)))
+  return out
+
+
 def extract_features(model, params, mesh, source: data.Source,
                      data_cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray,
                                                                    list[str]]:
@@ -181,8 +198,12 @@ def extract_features(model, params, mesh, source: data.Source,
   sharding = partitioning.batch_sharding(mesh)
   it, info = data.make_eval_iterator(data_cfg, source)
   sums, counts = None, np.zeros(info.num_videos, np.int64)
+  reads_pose = bool(getattr(model.config, "paab_layers", ()))
   for host_batch in it:
-    batch = data.to_global(dict(host_batch), sharding)
+    host_batch = dict(host_batch)
+    if reads_pose:  # PAAB's pose maps also at inference; another dataset's joint count
+      host_batch = fit_joints(host_batch, model.config.num_joints)
+    batch = data.to_global(host_batch, sharding)
     feats = np.asarray(jax.device_get(feature_fn(params, batch)), np.float64)
     if sums is None:
       sums = np.zeros((info.num_videos, feats.shape[-1]), np.float64)

@@ -4,6 +4,10 @@ transfer, steps, checkpoint, loop, evals.
 `train_and_evaluate(config, workdir)` trains (resuming from the workdir's latest checkpoint if
 there is one), evaluates every `eval_every` steps and at the end, and returns the final eval
 metrics. `evaluate(config, workdir)` evaluates the best (else latest) checkpoint.
+
+Reliability (docs/reliability.md): the config is validated and the workdir locked before
+anything compiles; a resume names every changed config field; a non-finite state is never
+saved; SIGTERM saves and the CLI then exits with PREEMPTED_EXIT_CODE (143).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from pgvt_jax import checkpointing, data, evaluation, metric_writer
+from pgvt_jax import workdir as workdir_lib
 from pgvt_jax.experiment import Experiment, setup_experiment
 
 _PREEMPTED = False
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by the scheduler, resumable"
 
 
 def _on_sigterm(signum, frame):  # pylint: disable=unused-argument
@@ -61,18 +67,31 @@ def run_eval(exp: Experiment, params, frozen, *, tag: str = "eval",
   return metrics
 
 
+def _diverged(what: str, ckpt: checkpointing.Checkpointer) -> FloatingPointError:
+  """The error for a run that went NaN/inf, with advice that works (tested)."""
+  ckpt.wait()
+  kept = ckpt.all_steps()
+  if not kept:
+    where = ("No checkpoint was kept before it (none is ever saved with NaN/inf): lower "
+             "--config.optim.lr or enable --config.optim.grad_clip_norm and start again.")
+  else:
+    where = (f"Nothing non-finite was saved; kept checkpoints: steps {kept}. To resume from "
+             f"step {kept[-1]}, rerun with a lower --config.optim.lr and/or "
+             "--config.optim.grad_clip_norm=1.0, plus --config.allow_config_changes=True. To go "
+             "back further add --config.restore_step=<a kept step> (later checkpoints are then "
+             "deleted).")
+  return FloatingPointError(f"{what}; stopping. {where}")
+
+
 def _flush(pending: list, writer: metric_writer.MetricWriter, t_last: float,
-           clips_per_step: int) -> dict:
+           clips_per_step: int, ckpt: checkpointing.Checkpointer) -> dict:
   """Fetches the pending step metrics, stops on a non-finite loss, writes their mean."""
   if not pending:
     return {}
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), m in zip(pending, fetched):
     if not np.isfinite(m["loss"]):
-      raise FloatingPointError(
-          f"non-finite training loss ({m['loss']}) at step {step}; stopping. The last "
-          "checkpoint (saved before this step) is intact: lower config.optim.lr or enable "
-          "config.optim.grad_clip_norm and rerun to resume from it.")
+      raise _diverged(f"non-finite training loss ({m['loss']}) at step {step}", ckpt)
   last_step = pending[-1][0]
   seconds = max(time.time() - t_last, 1e-9)
   means = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -91,17 +110,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
     return alignment.train_and_evaluate(config, workdir, run_evals=run_evals)
   workdir = Path(workdir)
+  workdir_lib.validate_config(config, train=True)
+  lock = workdir_lib.WorkdirLock(workdir, "train").acquire() if jax.process_index() == 0 else None
+  try:
+    return _train_locked(config, workdir, run_evals)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: bool) -> dict:
+  # The saved config is the one given, before setup fills in derived fields.
+  flat = workdir_lib.flat_config(config)
+  latest = checkpointing.read_latest_meta(workdir)
+  changed = workdir_lib.check_resume(config, latest[1], latest[0], workdir) if latest else []
   exp = setup_experiment(config, workdir, train=True)
   cfg, writer, ckpt = exp.config, exp.writer, exp.checkpointer
+  exp.meta.update(config=flat, config_sha256=workdir_lib.fingerprint(flat))
 
   # ---------------------------------------------------------------- resume or start
   state, train_iter = exp.state, exp.train_iter
+  restore_step = cfg.get("restore_step", 0) or None
   if ckpt.latest_step() is not None:
-    restored, meta = ckpt.restore(checkpointing.abstract_like(state), train_iter)
+    restored, meta = ckpt.restore(checkpointing.abstract_like(state), train_iter,
+                                  step=restore_step)
     exp.check_backbone(meta)
     state = restored
     logging.info("Resuming from step %d in %s", int(state["step"]), workdir)
+  elif restore_step:
+    raise FileNotFoundError(f"config.restore_step={restore_step} but {workdir} holds no "
+                            "checkpoint")
   start = int(jax.device_get(state["step"]))
+  if restore_step:
+    dropped = ckpt.drop_after(start)
+    if dropped:
+      logging.warning("restore_step=%d: deleted the later checkpoints %s", start, dropped)
+  if writer.drop_after(start):  # steps after the checkpoint are redone: no duplicate rows
+    logging.info("metrics.jsonl: dropped the rows after step %d (redone now)", start)
+  if jax.process_index() == 0:
+    workdir_lib.record_config(workdir, config, mode="train", start_step=start, changed=changed)
   total = exp.total_steps
   if start >= total:
     logging.info("Already trained %d/%d steps; evaluating.", start, total)
@@ -123,14 +170,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       bar.update(1)
       last = step == total
       if step % cfg.log_every == 0 or last:
-        m = _flush(pending, writer, t_last, cfg.data.train_batch_size)
+        m = _flush(pending, writer, t_last, cfg.data.train_batch_size, ckpt)
         t_last = time.time()
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", lr=f"{m['train/lr']:.2e}")
+      ckpt.seal_if_idle()
       preempted = _any_host(_PREEMPTED)
       if step % cfg.checkpoint_every == 0 or last or preempted:
         if pending:  # never save a state whose loss went NaN
-          _flush(pending, writer, t_last, cfg.data.train_batch_size)
+          _flush(pending, writer, t_last, cfg.data.train_batch_size, ckpt)
           t_last = time.time()
+        if not checkpointing.all_finite(state):  # the update itself overflowed
+          raise _diverged(f"the parameters/optimizer state became non-finite at step {step} "
+                          "(the loss before the update was finite)", ckpt)
         ckpt.save(step, state, train_iter, exp.meta, force=True)
       if preempted:
         logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
@@ -160,16 +211,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best checkpoint of `workdir` (else its latest)."""
   workdir = Path(workdir)
+  workdir_lib.validate_config(config, train=False)
+  if not checkpointing.has_checkpoint(workdir):  # before anything is created or written
+    raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate (expected "
+                            f"{workdir}/best/<step> or {workdir}/checkpoints/<step>); nothing "
+                            "was written")
+  lock = workdir_lib.WorkdirLock(workdir, "evaluate").acquire() if (
+      jax.process_index() == 0) else None
+  try:
+    return _evaluate_locked(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _evaluate_locked(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   exp = setup_experiment(config, workdir, train=False)
   abstract = checkpointing.abstract_like(exp.state)
   try:
     state, meta, step = exp.checkpointer.restore_best(abstract)
-  except FileNotFoundError:
+  except (FileNotFoundError, checkpointing.CheckpointIntegrityError):
     if exp.checkpointer.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate") from None
     state, meta = exp.checkpointer.restore(abstract, None)
     step = int(state["step"])
   exp.check_backbone(meta)
+  if jax.process_index() == 0:
+    workdir_lib.record_config(workdir, config, mode="evaluate", start_step=step, changed=[])
   metrics = run_eval(exp, state["params"], exp.frozen, save_dir=workdir)
   exp.writer.write(step, metrics)
   exp.writer.write_json("eval_metrics.json", {"step": step, **metrics})

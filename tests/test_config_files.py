@@ -109,3 +109,31 @@ def test_installed_configs_from_another_directory(tmp_path):
   assert f"no records: config.data.builder_dir='{missing}'" in r.stderr
   assert (f"python -m data_prep.build --dataset=diving48 --config=v2 "
           f"--manual_dir=<your diving48 files> --data_dir={cwd / 'tfds'}") in r.stderr
+
+
+def test_custom_config_reads_the_records(tmp_path):
+  """configs/custom.py takes class count, joint layout, eval split and flip safety from the
+  records it is given; without records it still loads (training then names the directory)."""
+  from configs import custom  # pylint: disable=g-import-not-at-top
+  from data_prep import build, builder as builder_lib  # pylint: disable=g-import-not-at-top
+  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  from tests.dataprep_fixtures import write_dot_video, write_text  # pylint: disable=g-import-not-at-top
+  m = tmp_path / "m"
+  for name in ("a", "b", "c"):
+    write_dot_video(m / f"{name}.mp4", 3)
+  write_text(m / "train.csv", ["a.mp4,run", "b.mp4,sit"])
+  write_text(m / "val.csv", ["c.mp4,eat"])
+  b, _ = build.build_dataset("custom", str(tmp_path / "d"), str(m), "openpose18",
+                             builder_lib.BuildOptions(short_side=32, progress=False))
+  c = custom.get_config(f"builder_dir={b.data_dir},runlocal")
+  assert c.model.num_classes == 3 and c.model.joints_per_person == 18
+  assert c.data.skeleton == "openpose18" and c.data.eval_split == "val" and c.data.flip
+  assert c.data.builder_dir == str(b.data_dir) and c.total_steps == 2
+  syn = synthetic.build(tmp_path / "s", num_train=2, num_test=2, num_classes=2,
+                        num_frames=2, image_size=32)
+  c = custom.get_config(f"builder_dir={syn}")
+  assert c.model.num_classes == 2 and c.data.eval_split == "test" and not c.data.flip
+  c = custom.get_config(f"builder_dir={tmp_path / 'none'}")
+  assert c.data.builder_dir == str(tmp_path / "none")
+  with pytest.raises(data.RecordsNotFoundError):
+    data.open_source(c.data, c.data.train_split)

@@ -110,6 +110,8 @@ def test_method_switches_and_ablations():
   assert tuple(c.model.paab_layers) == (1, 12) and c.model.paab_variant == "joint_pa_sta"
   c = _get("nucla", "vit_b16,paat_layer=6,paat_target=p2d,paat_weight=0.3")
   assert c.model.paat_layer == 6 and c.model.paat_target == "p2d" and c.aux_losses.paat == 0.3
+  c = _get("smarthome", "vit_b16,paab,paab_depth=3")  # Table 1c
+  assert tuple(c.model.paab_layers) == (12,) and c.model.paab_depth == 3
   c = _get("smarthome", "vit_b16,paab,pose_map_random")
   assert c.model.pose_map_random
   c = _get("smarthome", "vit_b16,paat,pose_map_noise=20,pose_map_dilation=3")

@@ -73,6 +73,15 @@ def test_records_found_by_tfds_name(tmp_path):
   assert len(source) == 2 and source.skeleton.name == "coco17"
 
 
+def test_cli_beam_without_apache_beam(tmp_path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("apache_beam") is not None:
+    pytest.skip("apache_beam is installed")
+  with pytest.raises(SystemExit, match=r"needs Apache Beam: pip install 'pgvt_jax\[beam\]'"):
+    build.main(["--dataset=custom", "--config=coco17", f"--manual_dir={tmp_path}",
+                f"--data_dir={tmp_path}", "--beam_options=--runner=DirectRunner"])
+
+
 def test_cli_needs_manual_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match="Diving48_V2_train.json"):
     build.build_dataset("diving48", str(tmp_path), str(tmp_path / "nope"))

@@ -104,3 +104,28 @@ def test_cli_json():
   assert {"tunable_params", "total_params", "frozen_params", "gflops"} <= set(stats)
   assert stats["total_params"] == stats["tunable_params"] + stats["frozen_params"]
   assert stats["gflops"] > 0
+
+
+VIT_B_BLOCK = 7_087_872  # one timm/CLIP ViT-B block: 12 D^2 + 13 D at D = 768
+
+
+@pytest.mark.slow
+def test_paab_adds_one_vit_block_per_insertion_and_paat_is_training_only():
+  base = model_stats(model_config(variant="video_only", video_frames=8, pose_frames=8))
+  one = model_stats(model_config(variant="video_only", video_frames=8, pose_frames=8,
+                                 paab_layers=(12,)))
+  two = model_stats(model_config(variant="video_only", video_frames=8, pose_frames=8,
+                                 paab_layers=(6, 12), paat_layer=1))
+  assert one["pose_aware_params"] == {"paab_12": VIT_B_BLOCK}
+  assert one["tunable_params"] - base["tunable_params"] == VIT_B_BLOCK
+  assert one["frozen_params"] == base["frozen_params"]
+  paat_head = 768 * 256 + 256 + 256 * 17 + 17          # Linear(D, 256) -> Linear(256, K=17)
+  assert two["tunable_params"] - base["tunable_params"] == 2 * VIT_B_BLOCK + paat_head
+  assert two["training_only_params"] == paat_head
+  assert two["inference_params"] == base["total_params"] + 2 * VIT_B_BLOCK
+  # PAAB's MACs per view: Q/K/V/O + MLP over 8 x (1 + 196) tokens, plus the masked attention
+  # over 197 keys per frame; PAAT adds none at inference.
+  tokens, d = 8 * 197, 768
+  macs = tokens * 12 * d * d + 2 * 8 * 197 * 197 * d
+  assert (one["gflops"] - base["gflops"]) * 1e9 == pytest.approx(macs, rel=1e-6)
+  assert (two["gflops"] - base["gflops"]) * 1e9 == pytest.approx(2 * macs, rel=1e-6)

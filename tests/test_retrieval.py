@@ -68,6 +68,7 @@ def test_end_to_end_on_synthetic_records(tmp_path):
   config.data.builder_dir = records
   config.model.num_classes = 3
   config.model.video_frames, config.model.pose_frames = 2, 2
+  config.model.paab_layers = (2,)  # PAAB reads keypoints at inference too
   config.data.train_batch_size = config.data.eval_batch_size = 4
   config.total_steps, config.log_every, config.async_checkpoints = 2, 1, False
   run = tmp_path / "run"
@@ -94,3 +95,28 @@ def test_end_to_end_on_synthetic_records(tmp_path):
   assert same["exclude_self"] and same["num_queries"] == same["num_gallery"] == 6
   rows = list(csv.DictReader(open(tmp_path / "same" / "neighbours.csv", encoding="utf-8")))
   assert all(r["query"] != r["neighbour"] for r in rows)
+
+
+def test_fit_joints_pads_with_masked_joints():
+  rng = np.random.default_rng(0)
+  batch = {"pose": rng.random((2, 3, 18, 2)), "pose_mask": np.ones((2, 3, 18)), "label": 1}
+  out = retrieval.fit_joints(batch, 25)  # N-UCLA (18) into an NTU (25) PAAB model
+  assert out["pose"].shape == (2, 3, 25, 2) and out["pose_mask"].shape == (2, 3, 25)
+  np.testing.assert_array_equal(out["pose"][:, :, :18], batch["pose"])
+  assert not out["pose_mask"][:, :, 18:].any() and out["pose_mask"][:, :, :18].all()
+  assert retrieval.fit_joints(batch, 18) is batch
+  with pytest.raises(ValueError, match="18 joints"):
+    retrieval.fit_joints(batch, 13)
+
+
+def test_padded_joints_give_the_same_pose_maps():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from pgvt_jax.models import pose_maps  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  batch = {"pose": rng.random((1, 2, 18, 2)) * 32, "pose_mask": rng.random((1, 2, 18)) > 0.3}
+  padded = retrieval.fit_joints(batch, 25)
+  a = pose_maps.pose_maps(jnp.asarray(batch["pose"]), jnp.asarray(batch["pose_mask"]),
+                          image_size=32, patch_size=8)[0]
+  b = pose_maps.pose_maps(jnp.asarray(padded["pose"]), jnp.asarray(padded["pose_mask"]),
+                          image_size=32, patch_size=8)[0]
+  np.testing.assert_array_equal(a, b)

@@ -37,6 +37,8 @@ class Kinetics400(builder_lib.VideoPoseBuilder):
     kpfiles/<frame_dir>.pkl  its keypoint files (or the index's `raw_file`)
   """
 
+  PICKLED_ARGS = ("box_thr",)
+
   def __init__(self, *, box_thr: float = 0.5, **kwargs):
     self.box_thr = box_thr  # pyskl drops detections with box_score < 0.5.
     super().__init__(**kwargs)

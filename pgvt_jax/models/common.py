@@ -50,6 +50,8 @@ TRAINABLE_RULES = (
     r"pose_embed/.+",                                 # Pose Embedding layer (Sec. 3.2)
     r"ln_post(_pose)?/(scale|bias)",                  # AIM trains ln_post
     r"head/(kernel|bias)",
+    r"paab_\d+(_\d+)?/.+",                            # PAAB(s) after block l: new, trained
+    r"paat_head/.+",                                  # PAAT classifier (training only)
 )
 # Trainable params initialised from a CLIP weight (others start from their init).
 FROM_CLIP = {"ln_post_pose/scale": "ln_post/scale", "ln_post_pose/bias": "ln_post/bias"}

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pgvt_jax.models import clip_vit
+from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,16 @@ class ModelConfig:
   dropout: float = 0.5              # before the linear head
   dtype: str = "float32"            # compute dtype; params stay float32
   remat: bool = False               # rematerialise each block in the backward pass
+  # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
+  paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
+  paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
+  paab_depth: int = 1               # consecutive PAABs at each of paab_layers (Table 1c)
+  pose_map_dilation: int = 1        # k x k dilation of P^2D (1 = the paper; public code: 3)
+  paat_layer: int = 0               # PAAT head on the patch tokens after block l; 0 = off
+  paat_target: str = "p3d"          # "p3d" (which joint) | "p2d" (any joint) (Table 1d)
+  paat_hidden: int = 256            # D_e of Eq. 7
+  pose_map_random: bool = False     # Table 2: pose maps from keypoints at random pixels
+  pose_map_noise: int = 0           # Fig. 4: + random integer in [0, eps] px per coordinate
 
   def __post_init__(self):
     def fail(field, msg):
@@ -129,12 +140,51 @@ class ModelConfig:
       clip = self.clip
     except ValueError as e:  # image_size not a multiple of the patch size
       raise ValueError(f"config.model.image_size={self.image_size!r}: {e}") from None
+    self._check_pose_aware(fail, clip.layers)
     if self.refine_heads is not None and clip.width % self.refine_heads:
       fail("refine_heads", f"must divide the backbone width {clip.width}")
     if s.pose and self.pose_format == "heatmap" and self.heatmap_size % self.heatmap_patch:
       fail("heatmap_size", f"must be a multiple of the heatmap patch size {self.heatmap_patch}")
 
+  def _check_pose_aware(self, fail, layers: int) -> None:
+    """PAAB/PAAT fields (ConfigDicts turn tuples into lists: normalise back to tuples)."""
+    layers_in = self.paab_layers
+    if isinstance(layers_in, int):
+      layers_in = (layers_in,)
+    if not isinstance(layers_in, (tuple, list)) or not all(
+        isinstance(l, int) and 1 <= l <= layers for l in layers_in):
+      fail("paab_layers", f"expected a tuple of block numbers in 1..{layers} (1-indexed)")
+    if len(set(layers_in)) != len(layers_in):
+      fail("paab_layers", "a block number appears twice")
+    object.__setattr__(self, "paab_layers", tuple(sorted(layers_in)))
+    if not isinstance(self.paab_depth, int) or self.paab_depth < 1:
+      fail("paab_depth", "must be a positive integer")
+    if self.paab_variant not in PAAB_VARIANTS:
+      fail("paab_variant", f"expected one of {list(PAAB_VARIANTS)}")
+    if not isinstance(self.paat_layer, int) or not 0 <= self.paat_layer <= layers:
+      fail("paat_layer", f"expected 0 (off) or a block number in 1..{layers}")
+    if self.paat_target not in ("p3d", "p2d"):
+      fail("paat_target", "expected 'p3d' or 'p2d'")
+    if not isinstance(self.paat_hidden, int) or self.paat_hidden <= 0:
+      fail("paat_hidden", "must be a positive integer")
+    d = self.pose_map_dilation
+    if not isinstance(d, int) or d < 1 or d % 2 == 0:
+      fail("pose_map_dilation", "expected an odd integer >= 1")
+    if not isinstance(self.pose_map_noise, int) or self.pose_map_noise < 0:
+      fail("pose_map_noise", "expected an integer >= 0 (pixels)")
+    if self.pose_aware and not self.streams.video:
+      fail("variant", "PAAB/PAAT (config.model.paab_layers / paat_layer) act on the video "
+           "stream; this variant has none")
+    if self.pose_aware and self.pose_frames % self.video_frames:
+      fail("pose_frames", f"PAAB/PAAT pose maps need T_h to be a multiple of "
+           f"config.model.video_frames (T_l={self.video_frames})")
+
   # ------------------------------------------------------------------ derived
+  @property
+  def pose_aware(self) -> bool:
+    """PAAB or PAAT is on (pose maps are computed for the video stream)."""
+    return bool(self.paab_layers) or self.paat_layer > 0
+
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | "ModelConfig") -> "ModelConfig":
     """From `config.model` (ConfigDict or dict); unknown fields are an error."""

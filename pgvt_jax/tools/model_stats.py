@@ -9,6 +9,11 @@ model holds (the frozen CLIP tower without `proj`, plus the tunable ones). GFLOP
 convention, see tools/flops.py). Shapes only: no weights, nothing executed; seconds on a CPU.
 With --json one JSON object is printed: tunable_params, total_params, frozen_params, gflops,
 and the model config.
+
+PAAB / PAAT (`--config.model.paab_layers=(12,)`, `--config.model.paat_layer=1`, or the
+daily-living configs' `:paab` / `:paat`): PAAB blocks count as tunable params and their MACs are
+in the GFLOPs; the PAAT head is trained but dropped at inference, so it is listed as
+`training_only_params` (not in `inference_params`, not in the GFLOPs).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def model_stats(model_cfg) -> dict:
   """{"tunable_params", "frozen_params", "total_params", "gflops", "groups", ...} of a config."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from pgvt_jax.models import common, pgvt
+  from pgvt_jax.models import common, paat, pgvt
   from pgvt_jax.models.config import ModelConfig
   from pgvt_jax.tools import flops
 
@@ -46,8 +51,16 @@ def model_stats(model_cfg) -> dict:
     parts = path.split("/")
     key = parts[1] if parts[0].startswith("resblocks_") else parts[0]
     groups[key] += int(leaf.size)
+  # PAAB blocks (kept at inference) and the PAAT head (training only: dropped for export).
+  pose_aware = {k: common.count(v) for k, v in shapes.items()
+                if k.startswith("paab_") or k in paat.PARAM_PREFIXES}
+  training_only = sum(v for k, v in pose_aware.items() if k in paat.PARAM_PREFIXES)
   del jax
   return {
+      "paab_layers": list(m.paab_layers), "paab_variant": m.paab_variant,
+      "paat_layer": m.paat_layer, "pose_aware_params": pose_aware,
+      "training_only_params": training_only,
+      "inference_params": common.count(shapes) - training_only,
       "variant": m.variant, "backbone": m.backbone, "pose_format": m.pose_format,
       "pose_frames": m.pose_frames, "video_frames": m.video_frames,
       "tunable_params": common.count(trainable), "frozen_params": common.count(frozen),
@@ -75,6 +88,13 @@ def main(argv):
   print(f"  frozen params   {s['frozen_params']:>13,d}  ({s['frozen_params'] / 1e6:.2f}M)")
   print(f"  total params    {s['total_params']:>13,d}  ({s['total_params'] / 1e6:.2f}M)")
   print(f"  GFLOPs / view   {s['gflops']:>13.1f}  (multiply-adds, fvcore convention)")
+  if s["pose_aware_params"]:
+    print(f"  PAAB after blocks {s['paab_layers']} ({s['paab_variant']}), PAAT after block "
+          f"{s['paat_layer'] or '-'}:")
+    for k, v in s["pose_aware_params"].items():
+      print(f"    {k:<20s} {v:>12,d}")
+    print(f"  training-only params (PAAT head, not exported) {s['training_only_params']:,d}; "
+          f"inference params {s['inference_params']:,d}")
   print("  tunable by group:")
   for k, v in s["tunable_by_group"].items():
     print(f"    {k:<20s} {v:>12,d}")

@@ -1,0 +1,229 @@
+"""What keeps a workdir sane across runs: config checks, a lock, and the config history.
+
+* `validate_config(config)`: values that would divide by zero or silently train nothing are
+  `ConfigError`s, raised before anything is compiled or written.
+* `WorkdirLock`: one run per workdir. `<workdir>/.lock` names the holder (pid, host, start);
+  the lock itself is an `flock` on that file, which the kernel releases when the holder dies
+  (kill -9 included), so a lock left behind by a dead run is stale and simply taken over.
+* `check_resume(config, meta)`: each checkpoint stores the flattened config it was trained
+  with. On resume every changed field is named; fields that change parameter or optimizer-state
+  shapes are refused, other training fields need `--config.allow_config_changes=True`, and
+  bookkeeping fields (logging, checkpoint cadence, threads, mesh) may change freely.
+* `record_config(...)`: every run appends its config to `config_history.jsonl`; `config.json`
+  holds the config of the latest training run and is never written by `--mode=evaluate`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+import ml_collections
+
+LOCK_FILE = ".lock"
+HISTORY_FILE = "config_history.jsonl"
+CONFIG_FILE = "config.json"
+
+# Fields that change the shapes/structure of the saved state: never changed on resume.
+SHAPE_FIELDS = ("model.", "freeze_backbone", "clip_dir", "optim.optimizer", "optim.momentum",
+                "optim.nesterov", "optim.grad_accum_steps", "data.num_joints",
+                "data.num_frames", "data.pose_frames")
+# Bookkeeping that does not change what is trained: free to change on resume.
+FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+               "async_checkpoints", "restore_step", "allow_config_changes", "best_metric",
+               "mesh.", "data.num_threads", "data.prefetch", "data.eval_batch_size",
+               "data.builder_dir", "synthetic_data.data_dir")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; raised before compiling."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_config(config: ml_collections.ConfigDict, *, train: bool = True) -> None:
+  """Raises ConfigError naming the field for values that cannot work."""
+  def need(ok: bool, field: str, expected: str):
+    if not ok:
+      raise ConfigError(f"config.{field}={_get(config, field)!r}: expected {expected}")
+
+  d = config.data
+  need(d.eval_batch_size > 0, "data.eval_batch_size", "a positive batch size")
+  if train:
+    need(d.train_batch_size > 0, "data.train_batch_size", "a positive batch size")
+    need(config.total_steps >= 0, "total_steps", ">= 0 (0 = use num_epochs)")
+    need(config.total_steps > 0 or config.num_epochs > 0, "num_epochs",
+         "> 0 when total_steps is 0 (otherwise the run trains nothing)")
+    need(config.log_every > 0, "log_every", "> 0 (steps between metric logs)")
+    need(config.checkpoint_every > 0, "checkpoint_every", "> 0 (steps between checkpoints)")
+    need(config.eval_every >= 0, "eval_every", ">= 0 (0 = only at the end)")
+    need(config.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
+    need(config.get("restore_step", 0) >= 0, "restore_step", ">= 0 (0 = the latest)")
+    need(config.optim.get("grad_accum_steps", 1) >= 1, "optim.grad_accum_steps", ">= 1")
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+# ----------------------------------------------------------------------------- lock
+class WorkdirLock:
+  """Exclusive lock on a workdir for the lifetime of a run (see module docstring)."""
+
+  def __init__(self, workdir: str | Path, mode: str):
+    self.path = Path(workdir) / LOCK_FILE
+    self.mode = mode
+    self._fd: Optional[int] = None
+
+  def acquire(self) -> "WorkdirLock":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _read_holder(fd)
+      os.close(fd)
+      raise WorkdirLockedError(
+          f"workdir {self.path.parent} is in use by pid {holder.get('pid', '?')} on host "
+          f"{holder.get('host', '?')} ({holder.get('mode', '?')}, started "
+          f"{holder.get('started', '?')}). Two runs on one workdir would train every step "
+          "twice or overwrite each other's checkpoints: wait for it, stop it, or use another "
+          "--workdir. (The lock is released automatically when that process exits, even if "
+          "killed.)") from None
+    stale = _read_holder(fd)
+    if stale:
+      import logging  # pylint: disable=g-import-not-at-top
+      logging.getLogger(__name__).warning(
+          "taking over a stale lock on %s left by pid %s on %s (that process is gone)",
+          self.path.parent, stale.get("pid"), stale.get("host"))
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
+            "started": _now()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)   # an empty lock file = nobody holds it
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _read_holder(fd: int) -> dict:
+  try:
+    raw = os.pread(fd, 4096, 0).decode()
+    return json.loads(raw) if raw.strip() else {}
+  except (ValueError, OSError):
+    return {"pid": "?", "host": "?"}
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'optim.lr': 3e-3, ...}: JSON-able leaves of the config, dotted names."""
+  out = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      name = f"{prefix}{k}"
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        walk(name + ".", v)
+      else:
+        out[name] = json.loads(json.dumps(v, default=str))
+
+  walk("", json.loads(config.to_json_best_effort()))
+  return out
+
+
+def fingerprint(flat: dict[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+
+
+def _category(field: str) -> str:
+  if any(field == f or (f.endswith(".") and field.startswith(f)) for f in FREE_FIELDS):
+    return "free"
+  if any(field == f or (f.endswith(".") and field.startswith(f)) for f in SHAPE_FIELDS):
+    return "shape"
+  return "training"
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  missing = object()
+  return {k: (saved.get(k, "<absent>"), now.get(k, "<absent>"))
+          for k in sorted(set(saved) | set(now))
+          if saved.get(k, missing) != now.get(k, missing)}
+
+
+def check_resume(config: ml_collections.ConfigDict, meta: dict, step: int,
+                 workdir: Path) -> list[str]:
+  """Compares the config with the one saved at `step`; returns the accepted changed fields."""
+  saved = meta.get("config")
+  if saved is None:  # checkpoint written before fingerprints existed
+    return []
+  changes = config_changes(saved, flat_config(config))
+  by_kind = {"free": [], "shape": [], "training": []}
+  for field in changes:
+    by_kind[_category(field)].append(field)
+  describe = lambda fields: ", ".join(f"{f}: {changes[f][0]!r} -> {changes[f][1]!r}"
+                                      for f in fields)
+  if by_kind["shape"]:
+    raise ConfigError(
+        f"cannot resume {workdir} (checkpoint at step {step}) with a changed architecture/"
+        f"optimizer structure: {describe(by_kind['shape'])}. These change the shapes of the "
+        "saved parameters or optimizer state; use a new --workdir (or restore the old values).")
+  if by_kind["training"] and not config.get("allow_config_changes", False):
+    raise ConfigError(
+        f"resuming {workdir} (checkpoint at step {step}) with a changed config: "
+        f"{describe(by_kind['training'])}. Pass --config.allow_config_changes=True to continue "
+        "from the checkpoint with these values (recorded in config_history.jsonl), or rerun "
+        "with the saved values.")
+  return by_kind["training"] + by_kind["free"]
+
+
+def record_config(workdir: Path, config: ml_collections.ConfigDict, *, mode: str,
+                  start_step: Optional[int], changed: list[str]) -> None:
+  """Appends this run to config_history.jsonl; training runs also refresh config.json."""
+  flat = flat_config(config)
+  entry = {"time": _now(), "mode": mode, "host": socket.gethostname(), "pid": os.getpid(),
+           "start_step": start_step, "changed_on_resume": changed,
+           "config_sha256": fingerprint(flat), "config": flat}
+  append_line(workdir / HISTORY_FILE, json.dumps(entry))
+  if mode != "evaluate":
+    tmp = workdir / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+    os.replace(tmp, workdir / CONFIG_FILE)
+
+
+def append_line(path: Path, line: str) -> None:
+  """Appends one whole line with a single O_APPEND write (no interleaving, no half lines
+  from this writer; a crash mid-write can only tear the last line, which readers repair)."""
+  data = (line.rstrip("\n") + "\n").encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    written = os.write(fd, data)
+    while written < len(data):  # regular files write fully; loop for completeness
+      written += os.write(fd, data[written:])
+  finally:
+    os.close(fd)
