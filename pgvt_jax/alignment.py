@@ -242,6 +242,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return final
 
 
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoint of a finished run (`--mode=evaluate`)."""
+  latest = checkpointing.read_latest_meta(workdir)
+  step = latest[0] if latest else None
+  if step is None or step < config.total_steps:
+    raise FileNotFoundError(f"no finished alignment run in {workdir} (latest checkpoint: "
+                            f"{step}, config.total_steps: {config.total_steps}); nothing was "
+                            "written")
+  return train_and_evaluate(config, workdir)
+
+
 def trainer_config() -> ml_collections.ConfigDict:
   """The fields configs/alignment.py fills (see there for the recipe and its sources)."""
   c = ml_collections.ConfigDict()

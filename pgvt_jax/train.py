@@ -210,6 +210,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best checkpoint of `workdir` (else its latest)."""
+  if config.get("task", "classification") == "alignment":
+    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
+    return alignment.evaluate(config, workdir)
   workdir = Path(workdir)
   workdir_lib.validate_config(config, train=False)
   if not checkpointing.has_checkpoint(workdir):  # before anything is created or written
