@@ -129,5 +129,6 @@ def test_timesformer_is_the_default_backbone_and_trains_fully():
   c = _get("nucla")
   assert c.model.family == "timesformer" and c.model.backbone == "B/16"
   assert not c.freeze_backbone
+  assert (c.model.drop_path, c.model.dropout) == (0.1, 0.0)  # TimeSformer's vit_base
   c = _get("nucla", "vit_b16")
   assert c.model.family == "clip" and c.freeze_backbone
