@@ -12,7 +12,10 @@
 # or a Hugging Face model directory) it converts that; without one (offline, CI) it builds a
 # randomly initialised open_clip ViT-B/16 and converts it, so the demo runs anywhere.
 #
-#     python colab/convert_clip.py [CHECKPOINT] [OUTPUT_DIR]
+#     python colab/convert_clip.py [CHECKPOINT] [OUTPUT_DIR] [--trust_torchscript]
+#
+# OpenAI's `.pt` files are TorchScript archives, which can run code when loaded: pass
+# `--trust_torchscript` only for a file from a source you trust (else it is refused).
 
 # %%
 import subprocess
@@ -29,6 +32,7 @@ from pgvt_jax import convert_clip
 argv = [a for a in sys.argv[1:] if not a.startswith("-")]
 CHECKPOINT = argv[0] if argv else None
 OUTPUT_DIR = Path(argv[1]) if len(argv) > 1 else Path(tempfile.mkdtemp()) / "clip_converted"
+TRUST = ["--trust_torchscript"] if "--trust_torchscript" in sys.argv[1:] else []
 
 # %% A PyTorch checkpoint to convert.
 reference = None
@@ -43,7 +47,7 @@ if CHECKPOINT is None:
 # %% Convert with the command-line tool.
 t0 = time.time()
 subprocess.run([sys.executable, "-m", "pgvt_jax.convert_clip", f"--checkpoint={CHECKPOINT}",
-                f"--output_dir={OUTPUT_DIR}", "--overwrite"], check=True)
+                f"--output_dir={OUTPUT_DIR}", "--overwrite", *TRUST], check=True)
 config, params = convert_clip.load(OUTPUT_DIR)
 print(f"Converted in {time.time() - t0:.1f}s -> {OUTPUT_DIR}: {config}")
 

@@ -10,7 +10,8 @@ temporary directory and renames it when complete, so a run killed at any moment 
 whole checkpoints behind.
 
 Integrity: once a step is complete, `<step>/checksums.json` records the SHA-256 of every file
-in it. A restore verifies them and, when a step is damaged (bytes flipped, a file truncated or
+in it. A restore verifies them (a step without them, from before checksums existed or killed in
+the instant after orbax finished it, is restored unverified with a warning) and, when a step is damaged (bytes flipped, a file truncated or
 deleted) or fails to restore, warns and falls back to the previous kept step; the damaged step
 is moved to `<workdir>/corrupt_checkpoints/` (kept for inspection, never reused).
 
@@ -64,12 +65,15 @@ def write_checksums(step_dir: str | Path) -> None:
   os.replace(tmp, step_dir / CHECKSUMS_FILE)
 
 
+UNVERIFIED = "unverified"
+
+
 def verify_checksums(step_dir: str | Path) -> Optional[str]:
-  """None if the step matches its checksums, else what is wrong (a missing manifest counts)."""
+  """None if the step matches its checksums, UNVERIFIED without them, else what is wrong."""
   step_dir = Path(step_dir)
   path = step_dir / CHECKSUMS_FILE
   if not path.exists():
-    return f"{path} is missing (the run stopped right after saving, or the file was deleted)"
+    return UNVERIFIED
   try:
     sums = json.loads(path.read_text())["sha256"]
   except (ValueError, KeyError, TypeError) as e:
@@ -106,6 +110,7 @@ class Checkpointer:
                async_save: bool = True):
     workdir = Path(workdir).absolute()
     self.workdir = workdir
+    self._unsealed: set = set()  # (manager, step) saved by this run, checksums not yet written
     self.best_metric = best_metric
     self.latest = ocp.CheckpointManager(
         workdir / "checkpoints",
@@ -130,18 +135,21 @@ class Checkpointer:
     return sorted(self.latest.all_steps())
 
   def _seal(self) -> None:
-    """Writes checksums for complete steps that lack them (after any async save finished)."""
+    """Checksums the steps this run saved, once complete (never steps found on disk: those
+    may be damaged already)."""
     if jax.process_index() != 0:
       return
-    for mgr in (self.latest, self.best):
-      for step in mgr.all_steps():
-        step_dir = Path(mgr.directory) / str(step)
-        if step_dir.is_dir() and not (step_dir / CHECKSUMS_FILE).exists():
-          write_checksums(step_dir)
+    for mgr, step in list(self._unsealed):
+      step_dir = Path(mgr.directory) / str(step)
+      if mgr.is_saving_in_progress():
+        continue
+      if step_dir.is_dir():
+        write_checksums(step_dir)
+      self._unsealed.discard((mgr, step))
 
   def seal_if_idle(self) -> None:
-    """Checksums a finished async save as soon as possible (called every step: a few stats)."""
-    if not (self.latest.is_saving_in_progress() or self.best.is_saving_in_progress()):
+    """Checksums a finished async save as soon as possible (called every step; cheap)."""
+    if self._unsealed:
       self._seal()
 
   def save(self, step: int, state: Any, data_iter: Optional[grain.DatasetIterator],
@@ -157,17 +165,23 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.latest.save(step, args=ocp.args.Composite(**items), force=force)
+    started = self.latest.save(step, args=ocp.args.Composite(**items), force=force)
+    if started:
+      self._unsealed.add((self.latest, step))
+    return started
 
   def save_best(self, step: int, state: Any, meta: dict, metrics: dict) -> bool:
     if self.best_metric not in metrics or not all_finite(state):
       return False
     self.best.wait_until_finished()
     self._seal()
-    return self.best.save(step, args=ocp.args.Composite(
+    started = self.best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                          metrics={k: float(v) for k, v in metrics.items()
-                                   if isinstance(v, (int, float))})
+                             metrics={k: float(v) for k, v in metrics.items()
+                                      if isinstance(v, (int, float))})
+    if started:
+      self._unsealed.add((self.best, step))
+    return started
 
   def _quarantine(self, mgr, step: int, why: str) -> None:
     """Moves a damaged step out of the manager's directory (kept for inspection)."""
@@ -187,6 +201,10 @@ class Checkpointer:
     errors = []
     for step in sorted(steps, reverse=True):
       why = verify_checksums(Path(mgr.directory) / str(step))
+      if why == UNVERIFIED:  # written before checksums existed, or killed right after saving
+        logging.warning("%s checkpoint at step %d has no %s: restoring it unverified", what,
+                        step, CHECKSUMS_FILE)
+        why = None
       if why is None:
         try:
           return mgr.restore(step, args=args_fn()), step
@@ -303,7 +321,7 @@ def restore_params(workdir: str | Path, *, which: str = "best") -> tuple[Any, di
                    reverse=True) if root.is_dir() else []
     for step in steps:
       why = verify_checksums(root / str(step))
-      if why is not None:
+      if why not in (None, UNVERIFIED):
         logging.warning("%s/%d is damaged (%s); trying an older step", name, step, why)
         continue
       with ocp.StandardCheckpointer() as ckpt:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from pgvt_jax import weights_io
+from pgvt_jax import replace_dir, weights_io
 from pgvt_jax.models import clip_vit
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
@@ -245,51 +245,7 @@ _OUTPUT_FILES = frozenset({PARAMS_FILE, CONFIG_FILE})
 
 def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
   """Raises unless `out` is absent, or `overwrite` and `out` is exactly a converter output."""
-  out = Path(out)
-  if not out.exists() and not out.is_symlink():
-    return
-  if not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-  names = {p.name for p in out.iterdir()} if out.is_dir() and not out.is_symlink() else None
-  if names != _OUTPUT_FILES:
-    what = ("a file or symlink" if names is None else
-            f"a directory holding {sorted(names)[:8]}")
-    raise FileExistsError(
-        f"{out} is not a convert_clip output ({what}; an output holds exactly "
-        f"{sorted(_OUTPUT_FILES)}); --overwrite only replaces converter outputs, so nothing "
-        "was deleted. Choose another --output_dir or remove it yourself.")
-
-
-def _exchange(a: Path, b: Path) -> bool:
-  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.renameat2
-  except (OSError, AttributeError):
-    return False
-  at_fdcwd, rename_exchange = -100, 2
-  if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-    return True
-  err = ctypes.get_errno()
-  if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: filesystem/kernel cannot exchange
-    return False
-  raise OSError(err, os.strerror(err), str(a))
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-  """`tmp` becomes `out`; an old `out` is deleted only once the new one is in place."""
-  if not out.exists():
-    os.replace(tmp, out)
-    return
-  if _exchange(tmp, out):  # tmp now holds the old output
-    shutil.rmtree(tmp)
-    return
-  old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-  os.replace(out, old / out.name)   # two renames: a crash in between leaves the old output
-  os.replace(tmp, out)              # in .<name>.old-*/ (logged below), never deleted
-  logging.info("Replaced %s (old output moved aside, now deleted)", out)
-  shutil.rmtree(old)
+  replace_dir.check_replaceable(out, overwrite, _OUTPUT_FILES, "a convert_clip output")
 
 
 def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dict,
@@ -306,7 +262,7 @@ def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dic
     info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
     (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
     check_replaceable(out, overwrite)  # nothing else appeared there meanwhile
-    _swap_into_place(tmp, out)
+    replace_dir.swap_into_place(tmp, out)
   except BaseException:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)

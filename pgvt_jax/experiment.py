@@ -2,8 +2,10 @@
 sharded state, jitted steps, checkpointer. `train.py` and `evaluate` share it.
 
 Resume order (big_vision/maxtext convention): the workdir's own checkpoint wins; otherwise the
-frozen backbone comes from `config.clip_dir` (a `pgvt_jax.convert_clip` output) and new params
-from their initialisers; without `clip_dir` the backbone is random, with a warning.
+backbone comes from the model family's converted weights (`config.clip_dir` from
+`pgvt_jax.convert_clip` for family "clip", `config.timesformer_dir` from
+`pgvt_jax.convert_timesformer` for "timesformer"; see models/factory.py) and new params from
+their initialisers; without them the backbone is random, with a warning.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pgvt_jax import checkpointing, convert_clip, data, metric_writer, optim, partitioning, steps
-from pgvt_jax.models import common, pgvt
+from pgvt_jax import checkpointing, data, metric_writer, optim, partitioning, steps
+from pgvt_jax.models import common, factory
 
 
 @dataclasses.dataclass
@@ -46,7 +48,8 @@ class Experiment:
       raise ValueError(
           f"checkpoint in {self.workdir} was trained on backbone {meta.get('backbone')!r} "
           f"(sha256 {saved}); this run loads {self.meta.get('backbone')!r} (sha256 {now}). "
-          "Point config.clip_dir at the original weights or use a new workdir.")
+          f"Point config.{factory.pretrained_dir(self.config)[0]} at the original weights or "
+          "use a new workdir.")
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> None:
@@ -69,28 +72,30 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
 
 
 def load_params(config, model, shardings) -> tuple[Any, dict]:
-  """Initialised params with the CLIP backbone merged in; meta names the backbone."""
-  init = lambda rng: model.init(rng, pgvt.dummy_batch(model.config))["params"]
+  """Initialised params with the family's pretrained backbone merged in; meta names it."""
+  init = lambda rng: model.init(rng, factory.dummy_batch(model.config))["params"]
   params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-  clip_dir = config.get("clip_dir", "")
-  if not clip_dir:
-    logging.warning("config.clip_dir is empty: the frozen backbone is RANDOMLY initialised. "
-                    "Convert CLIP weights with `python -m pgvt_jax.convert_clip` and set "
-                    "--config.clip_dir=... for real training.")
+  field, directory = factory.pretrained_dir(config)
+  if not directory:
+    converter = factory.CONVERTER[model.config.family]
+    logging.warning("config.%s is empty: the backbone is RANDOMLY initialised. Convert "
+                    "pretrained weights with `python -m %s` and set --config.%s=... for real "
+                    "training.", field, converter, field)
     return params, {"backbone": None, "backbone_sha256": None}
-  clip_cfg, clip_params = convert_clip.load(clip_dir)
-  # Strict: architecture (activation included), missing/unexpected keys; pos-emb resized.
-  merged = common.load_clip(config.model, params, clip_params, clip_cfg)
-  # CLIP leaves are host values (the same on every process); init leaves stay global arrays.
+  # Strict: architecture, missing/unexpected keys; position (and time) embeddings resized.
+  merged, weights_file = factory.load_pretrained(config, params)
+  # Loaded leaves are host values (the same on every process); init leaves stay global arrays.
   host = lambda x: np.asarray(x) if x.is_fully_addressable and x.sharding.num_devices == 1 else x
   params = jax.device_put(jax.tree.map(host, merged), shardings)
-  sha = checkpointing.file_checksum(Path(clip_dir) / convert_clip.PARAMS_FILE)
-  return params, {"backbone": str(Path(clip_dir).resolve()), "backbone_sha256": sha}
+  sha = checkpointing.file_checksum(weights_file)
+  return params, {"backbone": str(Path(directory).resolve()), "backbone_sha256": sha}
 
 
 def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
                      train: bool) -> Experiment:
   workdir.mkdir(parents=True, exist_ok=True)
+  factory.check_freezing(config)
+  factory.configure_data(config)  # num_joints; the family's pixel statistics unless set
   writer = metric_writer.MetricWriter(workdir)  # config.json: workdir.record_config
 
   # ---------------------------------------------------------------- mesh
@@ -103,9 +108,8 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
 
   # ---------------------------------------------------------------- input
   prepare_data(config)
-  model = pgvt.create_model(config.model)  # validates config.model
+  model = factory.create_model(config.model)  # validates config.model
   model_cfg = model.config
-  config.data.num_joints = model_cfg.num_joints  # the pipeline asserts the data has this J
   eval_source = data.open_source(config.data, config.data.eval_split)
   train_source = data.open_source(config.data, config.data.train_split) if train else None
   for src, split in ((eval_source, "eval_split"), (train_source, "train_split")):
@@ -114,11 +118,11 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
                        f"config.data.{split} has {src.num_classes} classes")
 
   # ---------------------------------------------------------------- model & optimizer
-  shapes = pgvt.param_shapes(model)
+  shapes = factory.param_shapes(model)
   param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
   params, meta = load_params(config, model, param_sh)
   if config.freeze_backbone:
-    trainable, frozen = common.split_params(params)
+    trainable, frozen = factory.split_params(model_cfg, params)
   else:  # full fine-tuning: the backbone trains too (and is saved in every checkpoint)
     trainable, frozen = params, {}
   del params
@@ -130,7 +134,8 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
   schedule = optim.make_schedule(config.optim, max(1, total // accum),
                                  max(1, steps_per_epoch // accum))
   tx = optim.make_optimizer(config.optim, schedule,
-                            labels=common.param_labels if config.freeze_backbone else None)
+                            labels=factory.param_labels(model_cfg) if config.freeze_backbone
+                            else None)
 
   # ---------------------------------------------------------------- shard & transfer
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
@@ -170,7 +175,9 @@ def trainer_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.clip_dir = ""            # converted CLIP (python -m pgvt_jax.convert_clip); "" = random
-  c.freeze_backbone = True   # False: full fine-tuning (e.g. a random tiny backbone)
+  c.timesformer_dir = ""     # family "timesformer": python -m pgvt_jax.convert_timesformer
+  c.freeze_backbone = True   # False: full fine-tuning (e.g. a random tiny backbone; required
+                             # by family "timesformer")
   c.num_epochs = 50
   c.total_steps = 0          # > 0 overrides num_epochs
   c.log_every = 50

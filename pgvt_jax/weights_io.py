@@ -29,8 +29,9 @@ _DIR_CANDIDATES = (
     "model.safetensors.index.json", "model.safetensors", "open_clip_model.safetensors",
     "pytorch_model.bin.index.json", "pytorch_model.bin", "open_clip_pytorch_model.bin",
 )
-# Wrappers that training scripts put around a state dict.
-_WRAPPER_KEYS = ("state_dict", "model", "module")
+# Wrappers that training scripts put around a state dict ("model_state": the .pyth files of
+# facebookresearch's SlowFast/TimeSformer trainers).
+_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state")
 
 
 class CheckpointError(ValueError):

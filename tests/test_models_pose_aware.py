@@ -1,5 +1,7 @@
 """PAAB / PAAT plugged into the frozen-CLIP + AIM model (config.model.paab_* / paat_*)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,8 +57,10 @@ def test_paab_in_model_equals_block_output_through_paab():
   model = pgvt.PoseVideoTransformer(m)
   params = random_params(model, std=0.1)
   batch = batch_for(m)
-  (logits, _), state = model.apply({"params": params}, batch, capture_intermediates=(
-      lambda mdl, name: mdl.name == "resblocks_1"), mutable=["intermediates"])
+  apply = jax.jit(functools.partial(
+      model.apply, capture_intermediates=lambda mdl, name: mdl.name == "resblocks_1",
+      mutable=["intermediates"]))
+  (logits, _), state = apply({"params": params}, batch)
   _, z = state["intermediates"]["resblocks_1"]["__call__"][0]          # (B, T_l, 1 + N, D)
   r2d, _ = reference_maps(batch["pose"] * 24, batch["pose_mask"], 24, 8, persons=2)
   p2d = r2d.reshape(2, 2, 2, 9).max(2)                                 # union of k = 2 frames

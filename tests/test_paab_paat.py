@@ -148,8 +148,9 @@ def test_paab_never_nan(dtype):
     out_cls, out = jax.jit(block.apply)(params, cls * 30, patches * 30, p2d)  # large logits
     assert np.isfinite(np.asarray(out, np.float32)).all()
     assert np.isfinite(np.asarray(out_cls, np.float32)).all()
-    grads = jax.jit(jax.grad(lambda pr: block.apply(pr, cls, patches, p2d)[0].sum()))(params)
-    assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree.leaves(grads))
+    if dtype == jnp.float32:  # gradients too (one compile per variant is enough)
+      grads = jax.jit(jax.grad(lambda pr: block.apply(pr, cls, patches, p2d)[0].sum()))(params)
+      assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree.leaves(grads))
 
 
 def test_paab_params_are_one_vit_block_and_timm_init():

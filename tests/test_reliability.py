@@ -148,6 +148,15 @@ def test_damaged_latest_falls_back_to_the_previous_step(two_steps, how, caplog):
   assert len(list((two_steps / checkpointing.CORRUPT_DIR).iterdir())) == 1
 
 
+def test_a_step_without_checksums_is_restored_unverified(two_steps, caplog):
+  (two_steps / "checkpoints" / "2" / checkpointing.CHECKSUMS_FILE).unlink()
+  ckpt = checkpointing.Checkpointer(two_steps, keep=3, async_save=False)
+  with caplog.at_level(logging.WARNING):
+    state, _ = ckpt.restore(jax.eval_shape(lambda: _state(0.0, 0)), None)
+  ckpt.close()
+  assert int(state["step"]) == 2 and "unverified" in caplog.text
+
+
 def test_nothing_usable_is_a_clear_error(two_steps):
   for step in ("1", "2"):
     _damage(two_steps / "checkpoints" / step, "flip")

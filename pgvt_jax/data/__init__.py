@@ -10,7 +10,8 @@ Typical use in a trainer (`cfg` = `config.data`, see `get_config()`):
                                                      # are padding
 
 Batches (dict of numpy arrays per host, B = global batch // process_count):
-  frames        (B, T_l, S, S, 3) float32   CLIP mean/std normalised
+  frames        (B, T_l, S, S, 3) float32   normalised with config.data.pixel_mean/std
+                                            (default CLIP's; the model family's in a run)
   pose          (B, T_h, J, 2)    float32   (x, y) in [0, 1) of the crop,
                                             masked joints 0; J = V * max_persons,
                                             person-major

@@ -111,14 +111,15 @@ def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
   return np.asarray(out)
 
 
-def normalize_frames(frames: np.ndarray) -> np.ndarray:
-  """uint8 (..., 3) -> float32 (x / 255 - CLIP_MEAN) / CLIP_STD."""
+def normalize_frames(frames: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+  """uint8 (..., 3) -> float32 (x / 255 - mean) / std (RGB; default CLIP's statistics)."""
   # One fused multiply-subtract per pixel. Broadcasting a (3,) vector makes
   # numpy loop in strides of 3 (~10x slower); rows of (W*3,) tiled constants
   # keep the inner loop long.
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
   width = frames.shape[-2] * 3
-  scale = np.tile((1.0 / (255.0 * CLIP_STD)).astype(np.float32), width // 3)
-  offset = np.tile((CLIP_MEAN / CLIP_STD).astype(np.float32), width // 3)
+  scale = np.tile((1.0 / (255.0 * std)).astype(np.float32), width // 3)
+  offset = np.tile((mean / std).astype(np.float32), width // 3)
   out = np.multiply(frames.reshape(-1, width), scale, dtype=np.float32)
   out -= offset
   return out.reshape(frames.shape)

@@ -51,6 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.crop_area = (0.08, 1.0)
   c.crop_aspect = (3 / 4, 4 / 3)
   c.flip = True            # horizontal flip with p=0.5, swaps left/right joints
+  # Pixel normalisation (x / 255 - mean) / std, RGB. () = the model family's
+  # statistics: experiment.setup_experiment fills them in (models.factory.
+  # configure_data); the pipeline on its own uses CLIP's. TimeSformer's are
+  # (0.45,) * 3 / (0.225,) * 3.
+  c.pixel_mean = ()
+  c.pixel_std = ()
   # Person-centred crop (PAAB/PAAT): crops are drawn from the square around
   # the union box of the video's keypoints (grown by person_crop_margin x its
   # side on each side) instead of from the whole frame.
@@ -122,10 +128,22 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   lo, hi = cfg.crop_aspect
   if not 0 < lo <= hi:
     fail("crop_aspect", f"need 0 < min <= max, got {tuple(cfg.crop_aspect)}")
+  for f in ("pixel_mean", "pixel_std"):
+    v = tuple(cfg.get(f, ()) or ())
+    if v and (len(v) != 3 or (f == "pixel_std" and min(v) <= 0)):
+      fail(f, f"expected () or 3 RGB values (std > 0), got {v!r}")
   if cfg.heatmap_sigma <= 0:
     fail("heatmap_sigma", f"must be > 0, got {cfg.heatmap_sigma}")
   if cfg.num_workers < 0 or cfg.num_threads < 0 or cfg.prefetch < 0:
     fail("num_workers", "num_workers, num_threads, prefetch must be >= 0")
+
+
+def pixel_stats(cfg: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
+  """(mean, std) the pipeline normalises with: config.data.pixel_mean/std, CLIP's if ()."""
+  from pgvt_jax.models import clip_vit  # pylint: disable=g-import-not-at-top
+  mean = tuple(cfg.get("pixel_mean", ()) or ()) or clip_vit.CLIP_MEAN
+  std = tuple(cfg.get("pixel_std", ()) or ()) or clip_vit.CLIP_STD
+  return mean, std
 
 
 def check_num_joints(cfg: ml_collections.ConfigDict, num_joints: int,

@@ -19,6 +19,7 @@ from PIL import Image
 from pgvt_jax import skeletons
 from pgvt_jax.data import augment
 from pgvt_jax.data import sampling
+from pgvt_jax.data.config import pixel_stats
 
 Example = dict[str, np.ndarray]
 
@@ -189,7 +190,7 @@ class ClipProcessor:
     uniq, inverse = np.unique(vidx, return_inverse=True)
     crops = np.stack([augment.crop_resize(frames.image(int(i)), box, s)
                       for i in uniq])[inverse]
-    pixels = augment.normalize_frames(crops)
+    pixels = augment.normalize_frames(crops, *pixel_stats(cfg))
     if flip:  # a view; batching makes the one copy
       pixels = pixels[:, :, ::-1]
     persons = augment.select_persons(score, cfg.max_persons)

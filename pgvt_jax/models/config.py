@@ -4,6 +4,11 @@ Experiment configs (configs/*.py) build `config.model` with `model_config(**over
 model is built from the validated, immutable `ModelConfig.from_config(config.model)`. Every error
 names the field as it appears on the command line (`config.model.pose_frames`).
 
+Families (`family`): "clip" (default) is the frozen CLIP tower with AIM adapters and the PGVT
+variants below; "timesformer" is the PAAB/PAAT paper's backbone (divided space-time TimeSformer,
+`models/timesformer.py`), fine-tuned end to end, video only (variant "video_only"); its
+`backbone` names a `timesformer.PRESETS` entry ("B/16", "Ti/8", ...).
+
 Variants (PGVT Table 4; each is a switch on the same code, see `STREAMS`):
 
   video_only             AIM on T_l video frames                        (Table 4 row 2)
@@ -24,6 +29,7 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 import ml_collections
 
+from pgvt_jax.models import clip_vit, timesformer
 from pgvt_jax.models import clip_vit
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
@@ -64,14 +70,17 @@ STREAMS: dict[str, Streams] = {
 }
 VARIANTS = tuple(STREAMS)
 POSE_FORMATS = ("coords", "heatmap")
+FAMILIES = ("clip", "timesformer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Validated model hyper-parameters (hashable, so it can be a Flax module field)."""
+  family: str = "clip"              # "clip" | "timesformer" (see the module docstring)
   variant: str = "pgvt"
-  backbone: str = "B/16"            # clip_vit preset: "B/16", "L/14", ... "Ti/8" (tests)
+  backbone: str = "B/16"            # family preset: clip_vit "B/16", "L/14", ... or timesformer
+                                    # "B/16"; "Ti/8" (tests) in both
   image_size: Optional[int] = None  # S; None: the preset's (224). Pos. embedding resized on load.
   activation: Optional[str] = None  # backbone MLP activation; None: the preset's ("quick_gelu",
                                     # OpenAI weights); "gelu" for open_clip non-quickgelu towers
@@ -106,10 +115,13 @@ class ModelConfig:
     def fail(field, msg):
       raise ValueError(f"config.model.{field}={getattr(self, field)!r}: {msg}")
 
+    if self.family not in FAMILIES:
+      fail("family", f"expected one of {list(FAMILIES)}")
     if self.variant not in STREAMS:
       fail("variant", f"expected one of {list(VARIANTS)}")
-    if self.backbone not in clip_vit.PRESETS:
-      fail("backbone", f"expected one of {sorted(clip_vit.PRESETS)}")
+    presets = clip_vit.PRESETS if self.family == "clip" else timesformer.PRESETS
+    if self.backbone not in presets:
+      fail("backbone", f"expected one of {sorted(presets)} for family {self.family!r}")
     for f in ("pose_frames", "video_frames", "num_classes", "joints_per_person", "num_persons",
               "heatmap_size"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
@@ -130,6 +142,9 @@ class ModelConfig:
       fail("drop_path", "expected 0 <= drop_path < 1")
     if not 0 <= self.dropout < 1:
       fail("dropout", "expected 0 <= dropout < 1")
+    if self.family == "timesformer":
+      self._check_timesformer(fail)
+      return
     s = self.streams
     if s.refine and self.pose_frames % self.video_frames:
       # FC_down / FC_up pair pose frames k*t .. k*t+k-1 with video frame t (the data pipeline
@@ -145,6 +160,18 @@ class ModelConfig:
       fail("refine_heads", f"must divide the backbone width {clip.width}")
     if s.pose and self.pose_format == "heatmap" and self.heatmap_size % self.heatmap_patch:
       fail("heatmap_size", f"must be a multiple of the heatmap patch size {self.heatmap_patch}")
+
+  def _check_timesformer(self, fail) -> None:
+    if self.variant != "video_only":
+      fail("variant", "family 'timesformer' is a video-only model: set "
+           "config.model.variant='video_only' (PAAB/PAAT are switched on by their own fields)")
+    if self.activation not in (None, "gelu"):
+      fail("activation", "TimeSformer uses exact GELU (leave it None)")
+    try:
+      layers = self.timesformer.layers
+    except ValueError as e:  # image_size not a multiple of the patch size
+      raise ValueError(f"config.model.image_size={self.image_size!r}: {e}") from None
+    self._check_pose_aware(fail, layers)
 
   def _check_pose_aware(self, fail, layers: int) -> None:
     """PAAB/PAAT fields (ConfigDicts turn tuples into lists: normalise back to tuples)."""
@@ -203,6 +230,20 @@ class ModelConfig:
   @property
   def streams(self) -> Streams:
     return STREAMS[self.variant]
+
+  @property
+  def patch_geometry(self) -> tuple[int, int]:
+    """(S, p): the backbone's input size and patch size, whatever the family (pose maps)."""
+    arch = self.timesformer if self.family == "timesformer" else self.clip
+    return arch.image_size, arch.patch_size
+
+  @property
+  def timesformer(self) -> timesformer.TimeSformerConfig:
+    """The TimeSformer architecture (family "timesformer"): T = video_frames, S = image_size."""
+    kw = {"num_frames": self.video_frames}
+    if self.image_size is not None:
+      kw["image_size"] = self.image_size
+    return timesformer.get_config(self.backbone, **kw)
 
   @property
   def clip(self) -> clip_vit.ClipVitConfig:

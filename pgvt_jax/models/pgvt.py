@@ -17,6 +17,9 @@ Trainable additions per block (resblocks_{i}/...):
   T_Adapter_pose, S_Adapter_pose, MLP_Adapter_pose pose stream
   R_Adapter                                        Refining Adapter (Eq. 2-3)
 and at the top: temporal_embedding (video), pose_embed/..., ln_post (video), ln_post_pose, head.
+PAAB / PAAT (the second paper, config.model.paab_* / paat_*; video stream): paab_{l} after
+block l (PoseVideoTransformer.pose_aware), paat_head on the patch tokens after block l (train
+mode only); their pose maps come from batch pose / pose_mask (video_pose_maps).
 
 Equation -> code: Eq. 1 `PoseVideoBlock.temporal`; Eq. 2-3 `adapters.RefiningAdapter`;
 Eq. 4 `PoseVideoBlock.spatial`; Eq. 5 `PoseVideoBlock.output`; Joint Prediction
@@ -166,7 +169,7 @@ def video_pose_maps(m: ModelConfig, batch: Mapping[str, Array], rng: Array
   (k = 1: that frame's own). The Table 2 / Fig. 4 ablations perturb the keypoints here, in
   training and evaluation alike (they model an unreliable pose source); `rng` draws them.
   """
-  s, p = m.clip.image_size, m.clip.patch_size
+  s, p = m.patch_geometry  # the backbone's (CLIP or TimeSformer) input and patch size
   kp = batch["pose"].astype(jnp.float32) * s                       # (B, T_h, J, 2) pixels
   mask = batch["pose_mask"]
   r_random, r_noise = jax.random.split(rng)

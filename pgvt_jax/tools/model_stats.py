@@ -3,8 +3,9 @@ r"""Parameter and GFLOPs accounting of a model config, in the PGVT paper's conve
     python -m pgvt_jax.tools.model_stats --config=configs/diving48.py \
         [--config.model.variant=video_only] [--json]
 
-Tunable = params the optimiser updates (models.common.param_labels), total = all params the
-model holds (the frozen CLIP tower without `proj`, plus the tunable ones). GFLOPs = multiply-adds
+Tunable = params the optimiser updates (models.factory.param_labels), total = all params the
+model holds (family "clip": the frozen CLIP tower without `proj`, plus the tunable ones;
+family "timesformer": everything is tunable, backbone + head). GFLOPs = multiply-adds
 / 1e9 of one forward pass on one view (batch 1, eval mode), counted from the jaxpr (fvcore
 convention, see tools/flops.py). Shapes only: no weights, nothing executed; seconds on a CPU.
 With --json one JSON object is printed: tunable_params, total_params, frozen_params, gflops,
@@ -35,21 +36,20 @@ def model_stats(model_cfg) -> dict:
   """{"tunable_params", "frozen_params", "total_params", "gflops", "groups", ...} of a config."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from pgvt_jax.models import common, paat, pgvt
-  from pgvt_jax.models.config import ModelConfig
+  from pgvt_jax.models import common, factory, paat
   from pgvt_jax.tools import flops
 
-  m = ModelConfig.from_config(model_cfg)
-  model = pgvt.PoseVideoTransformer(m)
-  shapes = pgvt.param_shapes(model)
-  trainable, frozen = common.split_params(shapes)
+  m = factory.model_config(model_cfg)
+  model = factory.create_model(m)
+  shapes = factory.param_shapes(model)
+  trainable, frozen = factory.split_params(m, shapes)
   macs = flops.count_macs(lambda p, b: model.apply({"params": p}, b), shapes,
-                          pgvt.input_spec(m))
+                          factory.input_spec(m))
   # Tunable params by top-level group / adapter kind, for the docs' breakdowns.
   groups = collections.Counter()
   for path, leaf in common.flatten(trainable).items():
     parts = path.split("/")
-    key = parts[1] if parts[0].startswith("resblocks_") else parts[0]
+    key = parts[1] if parts[0].startswith(("resblocks_", "blocks_")) else parts[0]
     groups[key] += int(leaf.size)
   # PAAB blocks (kept at inference) and the PAAT head (training only: dropped for export).
   pose_aware = {k: common.count(v) for k, v in shapes.items()
@@ -57,6 +57,7 @@ def model_stats(model_cfg) -> dict:
   training_only = sum(v for k, v in pose_aware.items() if k in paat.PARAM_PREFIXES)
   del jax
   return {
+      "family": m.family,
       "paab_layers": list(m.paab_layers), "paab_variant": m.paab_variant,
       "paat_layer": m.paat_layer, "pose_aware_params": pose_aware,
       "training_only_params": training_only,
@@ -82,8 +83,11 @@ def main(argv):
   s = stats
   frames = {"video_only": f"{s['video_frames']}", "pose_only": f"{s['pose_frames']}"}.get(
       s["variant"], f"{s['pose_frames']}+{s['video_frames']}")
-  print(f"variant {s['variant']}  backbone ViT-{s['backbone']}  pose {s['pose_format']}  "
-        f"frames {frames}")
+  if s["family"] == "timesformer":
+    print(f"TimeSformer-{s['backbone']}  frames {s['video_frames']}  (full fine-tuning)")
+  else:
+    print(f"variant {s['variant']}  backbone ViT-{s['backbone']}  pose {s['pose_format']}  "
+          f"frames {frames}")
   print(f"  tunable params  {s['tunable_params']:>13,d}  ({s['tunable_params'] / 1e6:.2f}M)")
   print(f"  frozen params   {s['frozen_params']:>13,d}  ({s['frozen_params'] / 1e6:.2f}M)")
   print(f"  total params    {s['total_params']:>13,d}  ({s['total_params'] / 1e6:.2f}M)")
