@@ -10,12 +10,20 @@ Rerunning the same command resumes from the workdir's latest checkpoint. Exit co
 evaluate); 143 preempted by SIGTERM after saving a checkpoint (rerun to resume). Multi-host: pass
 --multiprocess (on TPU pods and SLURM/GPU clusters jax.distributed finds its peers itself) or
 --coordinator_address/--num_processes/--process_id explicitly.
+
+On Linux/glibc the process re-execs itself once with malloc tunables that keep XLA:CPU's
+per-step scratch memory mapped (pgvt_jax/malloc_tuning.py; PGVT_JAX_MALLOC_TUNING=0 opts out).
 """
 
 import logging as logging_std
 import sys
 
-from absl import app, flags, logging
+from pgvt_jax import malloc_tuning
+
+if __name__ == "__main__":  # before JAX starts: keep XLA:CPU's per-step scratch mapped
+  malloc_tuning.reexec_with_tunables()
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
 from pgvt_jax import checkpointing, config_files, data, train

@@ -106,6 +106,9 @@ def _flush(pending: list, writer: metric_writer.MetricWriter, t_last: float,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        run_evals: bool = True) -> dict:
   """Trains to config.total_steps (or num_epochs); evaluates along the way unless run_evals=False."""
+  if config.get("task", "classification") == "alignment":  # multi-view video alignment
+    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
+    return alignment.train_and_evaluate(config, workdir, run_evals=run_evals)
   workdir = Path(workdir)
   workdir_lib.validate_config(config, train=True)
   lock = workdir_lib.WorkdirLock(workdir, "train").acquire() if jax.process_index() == 0 else None
@@ -207,6 +210,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best checkpoint of `workdir` (else its latest)."""
+  if config.get("task", "classification") == "alignment":
+    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
+    return alignment.evaluate(config, workdir)
   workdir = Path(workdir)
   workdir_lib.validate_config(config, train=False)
   if not checkpointing.has_checkpoint(workdir):  # before anything is created or written

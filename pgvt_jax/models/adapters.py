@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models.clip_vit import exact_gelu
+from pgvt_jax.models.clip_vit import attend, exact_gelu
 
 Array = jax.Array
 
@@ -81,14 +81,19 @@ class TimeLinear(nn.Module):
     return y + bias.astype(dtype)[:, None, None]
 
 
-def cross_attention(q: Array, k: Array, v: Array) -> Array:
+def cross_attention(q: Array, k: Array, v: Array, module: nn.Module | None = None,
+                    record: str | None = None) -> Array:
   """Softmax(Q K^T / sqrt(d_k)) V within each frame.
 
-  q `(B, T, Nq, H, d_k)`, k/v `(B, T, Nk, H, d_k)` -> `(B, T, Nq, H, d_k)`.
+  q `(B, T, Nq, H, d_k)`, k/v `(B, T, Nk, H, d_k)` -> `(B, T, Nq, H, d_k)`. With `module` and
+  `record`, the weights `(B*T, Nq, Nk)` can be recorded (`clip_vit.attend`).
   """
   b, t = q.shape[:2]
   flat = lambda x: x.reshape((b * t,) + x.shape[2:])
-  out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v))
+  if module is None:
+    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v))
+  else:
+    out = attend(module, flat(q), flat(k), flat(v), record=record)
   return out.reshape(q.shape)
 
 
@@ -126,13 +131,13 @@ class RefiningAdapter(nn.Module):
     if self.refine_pose:
       # Eq. 2 (Q_P, K_Z, V_Z); Eq. 3 top: P^R = x_P + FC_up(W_P^O softmax(Q_P K_Z^T/sqrt(d_k)) V_Z)
       a = cross_attention(proj("pose_query")(x_hat), proj("video_key")(x_z),
-                          proj("video_value")(x_z))
+                          proj("video_value")(x_z), self, "pose_to_video")
       a = out("pose_out")(a)  # (B, T_l, N_P, D)
       new_p = x_p + TimeLinear(self.pose_frames, kernel_init=fc_up_init, dtype=self.dtype,
                                name="fc_up")(a)
     if self.refine_video:
       # Eq. 2 (Q_Z, K_P, V_P); Eq. 3 bottom: Z^R = x_Z + W_Z^O softmax(Q_Z K_P^T/sqrt(d_k)) V_P
       a = cross_attention(proj("video_query")(x_z), proj("pose_key")(x_hat),
-                          proj("pose_value")(x_hat))
+                          proj("pose_value")(x_hat), self, "video_to_pose")
       new_z = x_z + out("video_out")(a)
     return new_p, new_z

@@ -77,13 +77,14 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
     self.drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(2, 3),
                                 rng_collection="drop_path")
 
-  def temporal(self, x: Array, adapter: nn.Module, train: bool) -> Array:
+  def temporal(self, x: Array, adapter: nn.Module, train: bool,
+               record: Optional[str] = None) -> Array:
     """Eq. 1 (and AIM's temporal adaptation): x + Adapter(T-Attn(x)).
 
     T-Attn is the frozen LN + MSA applied along time: for each token position n (CLS
     included) the T frames attend to each other. `(B, T, N, D) -> (B, T, N, D)`.
     """
-    xt = self.attention(jnp.swapaxes(x, 1, 2))           # (B, N, T, D)
+    xt = self.attention(jnp.swapaxes(x, 1, 2), record=record)  # (B, N, T, D)
     xt = jnp.swapaxes(adapter(xt), 1, 2)
     return x + self.drop_path(xt, deterministic=not train)
 
@@ -94,8 +95,8 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
     S-Adapter (with skip): x_P = S_Adapter_pose(S-Attn(P^T)), x_Z = S_Adapter(S-Attn(Z)).
     The R-Adapter (Eq. 2-3) then refines x_P, x_Z across modalities. Eq. 4 adds the block input.
     """
-    x_p = self.S_Adapter_pose(self.attention(p)) if p is not None else None
-    x_z = self.S_Adapter(self.attention(z)) if z is not None else None
+    x_p = self.S_Adapter_pose(self.attention(p, record="pose_spatial")) if p is not None else None
+    x_z = self.S_Adapter(self.attention(z, record="video_spatial")) if z is not None else None
     if self.model.streams.refine:
       x_p, x_z = self.R_Adapter(x_p, x_z)                 # Eq. 2-3
     p = p + x_p if p is not None else None                # Eq. 4: P^S = P^T + P^R
@@ -111,9 +112,9 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
   def __call__(self, p: MaybeArray, z: MaybeArray, train: bool = False):
     s = self.model.streams
     if p is not None and s.pose_temporal:
-      p = self.temporal(p, self.T_Adapter_pose, train)    # Eq. 1: P^T
+      p = self.temporal(p, self.T_Adapter_pose, train, "pose_temporal")  # Eq. 1: P^T
     if z is not None and s.video_temporal:
-      z = self.temporal(z, self.T_Adapter, train)         # AIM only; PGVT has no video T
+      z = self.temporal(z, self.T_Adapter, train, "video_temporal")  # AIM only, not PGVT
     p, z = self.spatial(p, z)                             # Eq. 2-4
     if p is not None:
       p = self.output(p, self.MLP_Adapter_pose, train)    # Eq. 5 top

@@ -1,0 +1,257 @@
+r"""Train-step and inference throughput of a config: time, FLOP/s, MFU, memory, page faults.
+
+    python -m benchmarks.train_step --config=configs/diving48.py --batch=1
+    python -m benchmarks.train_step --config=configs/diving48.py:vit_l14 --batch=8
+    python -m benchmarks.train_step --config=configs/diving48.py:variant=video_only \
+        --batch=2 --frames=16 --mode=both --json=/tmp/r.json
+
+Random weights and a synthetic in-memory batch (no records, no CLIP checkpoint): the step
+is the trainer's (`steps.make_train_step`, jitted over the config's mesh with the same
+shardings and donated state), so its time is the training loop's minus input.
+
+Printed / written (--json) fields, per mode:
+  compile_s         lower + compile of the jitted step
+  step_s            median of --steps timed steps after --warmup, each synchronised
+                    with block_until_ready (also step_s_min / step_s_max)
+  clips_per_s       batch / step_s (inference: videos/s; views_per_s counts every view)
+  model_flops       2 x multiply-adds of the step's jaxpr (pgvt_jax/tools/flops.py)
+  hlo_flops         the compiled step's XLA cost analysis (includes element-wise work)
+  flops_per_s       model_flops / step_s;  mfu = flops_per_s / peak_flops_per_s
+  peak_flops_per_s  GPU/TPU: the device's dense peak for --dtype (table below or
+                    --peak_tflops); CPU: a float32 matmul this harness times now
+  peak_memory_bytes device peak_bytes_in_use (GPU/TPU); CPU: the process's peak RSS
+  minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
+
+On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
+`pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+from pgvt_jax import malloc_tuning
+
+if __name__ == "__main__":
+  malloc_tuning.reexec_with_tunables()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgvt_jax import config_files, optim, partitioning, steps
+from pgvt_jax.models import common, pgvt
+from pgvt_jax.tools import flops as flops_lib
+
+# Dense peak TFLOP/s per chip by device_kind substring (vendor datasheets, no sparsity).
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.0, "float32": 67.0},
+    "H100": {"bfloat16": 989.0, "float32": 67.0},
+    "A100": {"bfloat16": 312.0, "float32": 19.5},
+    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
+    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
+}
+
+_CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Global batch (clips; inference: videos).")
+_FRAMES = flags.DEFINE_integer("frames", None, "Override config.model.video_frames.")
+_POSE_FRAMES = flags.DEFINE_integer("pose_frames", None, "Override config.model.pose_frames.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "inference", "both"], "What to time.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s (default: table/measured).")
+_JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def synthetic_batch(model_cfg, batch: int, num_classes: int, seed: int = 0) -> dict:
+  """A batch of the shapes the model reads, plus labels (host numpy, float32)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, spec in pgvt.input_spec(model_cfg, batch).items():
+    if k == "pose_mask":
+      out[k] = np.ones(spec.shape, np.float32)
+    elif k == "pose":
+      out[k] = rng.uniform(0, 1, spec.shape).astype(np.float32)
+    else:
+      out[k] = rng.standard_normal(spec.shape, dtype=np.float32)
+  out["label"] = rng.integers(0, num_classes, (batch,)).astype(np.int32)
+  return out
+
+
+def measured_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+  """FLOP/s of the best of `repeats` n x n x n matmuls on the default device."""
+  a = jnp.ones((n, n), dtype)
+  mm = jax.jit(lambda x, y: x @ y)
+  mm(a, a).block_until_ready()
+  best = min(_timed(lambda: mm(a, a).block_until_ready()) for _ in range(repeats))
+  return 2 * n ** 3 / best
+
+
+def device_peak(dtype: str, override_tflops: float | None) -> tuple[float, str]:
+  if override_tflops:
+    return override_tflops * 1e12, "--peak_tflops"
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return measured_matmul_peak(), "measured f32 2048^3 matmul (all cores)"
+  for name, peaks in PEAK_TFLOPS.items():
+    if name.lower() in dev.device_kind.lower():
+      return peaks.get(dtype, peaks["float32"]) * 1e12 * jax.device_count(), f"table:{name}"
+  return float("nan"), f"unknown device {dev.device_kind!r}: pass --peak_tflops"
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+  # Linux reports ru_maxrss in KiB.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def hlo_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def time_steps(run, n_steps: int, warmup: int) -> dict:
+  """Runs `run()` (which must block) warmup + n_steps times; per-step times and rusage."""
+  for _ in range(warmup):
+    run()
+  times = []
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(n_steps):
+    times.append(_timed(run))
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {"step_s": statistics.median(times), "step_s_min": min(times),
+          "step_s_max": max(times), "timed_steps": n_steps,
+          "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / n_steps,
+          "system_s_per_step": (after.ru_stime - before.ru_stime) / n_steps,
+          "user_s_per_step": (after.ru_utime - before.ru_utime) / n_steps}
+
+
+def setup(config, batch: int):
+  """(model, mesh shardings, trainable, frozen, tx, schedule) as the trainer builds them."""
+  mesh = partitioning.make_mesh(config.mesh)
+  partitioning.check_batch_divisible(batch, mesh, "--batch")
+  model = pgvt.create_model(config.model)
+  shapes = pgvt.param_shapes(model)
+  param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
+  init = lambda rng: model.init(rng, pgvt.dummy_batch(model.config))["params"]
+  params = jax.jit(init, out_shardings=param_sh)(jax.random.PRNGKey(0))
+  if config.freeze_backbone:
+    trainable, frozen = common.split_params(params)
+  else:
+    trainable, frozen = params, {}
+  schedule = optim.make_schedule(config.optim, 1000, 100)
+  tx = optim.make_optimizer(config.optim, schedule,
+                            labels=common.param_labels if config.freeze_backbone else None)
+  return model, mesh, trainable, frozen, tx, schedule
+
+
+def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, warmup: int = 2,
+              peak: tuple[float, str] | None = None) -> dict:
+  """Times the train step and/or the multi-view inference step of `config` (see docstring)."""
+  model, mesh, trainable, frozen, tx, schedule = setup(config, batch)
+  batch_sh = partitioning.batch_sharding(mesh)
+  dtype = str(config.model.get("dtype", "float32"))
+  peak_flops, peak_source = peak or device_peak(dtype, None)
+  common_fields = {
+      "config": config.model.to_dict(), "batch": batch, "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+      "jax_version": jax.__version__, "peak_flops_per_s": peak_flops, "peak_source": peak_source,
+      "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1"}
+  results = {}
+  if mode in ("train", "both"):
+    host = synthetic_batch(config.model, batch, config.model.num_classes)
+    # A copy: the step donates its state, and inference below still reads `trainable`.
+    state = steps.init_state(jax.tree.map(jnp.copy, trainable), tx, 0)
+    fn = steps.make_train_step(model, tx, config, schedule)
+    glob = jax.device_put(host, batch_sh)
+    model_flops = 2 * flops_lib.count_macs(fn, state, frozen, glob)["total"]
+    jitted = jax.jit(fn, donate_argnums=(0,))
+    t = time.perf_counter()
+    compiled = jitted.lower(state, frozen, glob).compile()
+    compile_s = time.perf_counter() - t
+    holder = [state]
+
+    def run():
+      holder[0], metrics = compiled(holder[0], frozen, glob)
+      jax.block_until_ready((holder[0], metrics))
+
+    results["train"] = _summarise(time_steps(run, n_steps, warmup), batch, compile_s,
+                                  model_flops, hlo_flops(compiled), peak_flops)
+  if mode in ("inference", "both"):
+    views = config.data.eval_clips * config.data.eval_crops
+    host = synthetic_batch(config.model, batch * views, config.model.num_classes)
+    predict = steps.make_eval_step(model)
+    glob = jax.device_put(host, batch_sh)
+    model_flops = 2 * flops_lib.count_macs(predict, trainable, frozen, glob)["total"]
+    t = time.perf_counter()
+    compiled = jax.jit(predict).lower(trainable, frozen, glob).compile()
+    compile_s = time.perf_counter() - t
+    run = lambda: jax.block_until_ready(compiled(trainable, frozen, glob))
+    r = _summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
+                   hlo_flops(compiled), peak_flops)
+    r.update(views_per_video=views, views_per_s=batch * views / r["step_s"])
+    results["inference"] = r
+  mem, mem_source = peak_memory_bytes()
+  return {**common_fields, **results, "peak_memory_bytes": mem, "peak_memory_source": mem_source}
+
+
+def _summarise(timing: dict, batch: int, compile_s: float, model_flops: float,
+               hlo: float, peak_flops: float) -> dict:
+  per_s = model_flops / timing["step_s"]
+  return {**timing, "compile_s": compile_s, "clips_per_s": batch / timing["step_s"],
+          "model_flops": model_flops, "hlo_flops": hlo, "flops_per_s": per_s,
+          "mfu": per_s / peak_flops}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if _FRAMES.value:
+    config.model.video_frames = _FRAMES.value
+  if _POSE_FRAMES.value:
+    config.model.pose_frames = _POSE_FRAMES.value
+  dtype = str(config.model.get("dtype", "float32"))
+  r = benchmark(config, batch=_BATCH.value, mode=_MODE.value, n_steps=_STEPS.value,
+                warmup=_WARMUP.value, peak=device_peak(dtype, _PEAK.value))
+  m = r["config"]
+  print(f"{m['variant']} ViT-{m['backbone']} {m['image_size']}px video {m['video_frames']}f "
+        f"pose {m['pose_frames']}f batch {r['batch']} on {r['device_count']}x "
+        f"{r['device_kind']} (jax {r['jax_version']}, malloc tuned: {r['malloc_tuned']})")
+  print(f"  peak {r['peak_flops_per_s'] / 1e12:.3f} TFLOP/s ({r['peak_source']}); peak memory "
+        f"{r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['peak_memory_source']})")
+  for mode in ("train", "inference"):
+    if mode in r:
+      s = r[mode]
+      print(f"  {mode:9s} compile {s['compile_s']:.1f} s  step {s['step_s']:.4f} s "
+            f"(min {s['step_s_min']:.4f}, max {s['step_s_max']:.4f}, n={s['timed_steps']})  "
+            f"{s['clips_per_s']:.2f} clips/s  {s['flops_per_s'] / 1e12:.3f} TFLOP/s  "
+            f"MFU {100 * s['mfu']:.1f}%  faults/step {s['minor_faults_per_step']:.0f}  "
+            f"sys {s['system_s_per_step']:.3f} s/step")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(r, f, indent=1, default=str)
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

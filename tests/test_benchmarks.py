@@ -1,0 +1,75 @@
+"""The benchmark harness (benchmarks/train_step.py) and the frozen-backbone FLOPs guarantee."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from benchmarks import train_step as bench
+from configs import diving48
+from pgvt_jax import optim, steps
+from pgvt_jax.models import common, pgvt
+from pgvt_jax.tools import flops
+
+
+def _tiny(variant: str = "pgvt"):
+  return diving48.get_config(f"tiny,runlocal,variant={variant}")  # Ti/8, 32 px, 4+8 frames
+
+
+def _step_and_forward_macs(config) -> tuple[int, int]:
+  """MACs of the trainer's train step and of one forward (eval) pass, shapes only."""
+  model = pgvt.create_model(config.model)
+  shapes = pgvt.param_shapes(model)
+  if config.freeze_backbone:
+    trainable, frozen = common.split_params(shapes)
+  else:
+    trainable, frozen = shapes, {}
+  schedule = optim.make_schedule(config.optim, 100, 10)
+  tx = optim.make_optimizer(config.optim, schedule,
+                            labels=common.param_labels if config.freeze_backbone else None)
+  state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
+  batch = {**pgvt.input_spec(config.model, 1),
+           "label": jax.ShapeDtypeStruct((1,), "int32")}
+  train = flops.count_macs(steps.make_train_step(model, tx, config, schedule),
+                           state, frozen, batch)["total"]
+  forward = flops.count_macs(steps.make_eval_step(model), trainable, frozen, batch)["total"]
+  return train, forward
+
+
+def test_train_step_does_no_weight_gradient_work_for_frozen_weights():
+  # Forward F; input gradients ~F; weight gradients of a layer cost its forward again. With
+  # the backbone frozen only the small adapters/head get weight gradients (~2.0x F); if
+  # gradients of the frozen CLIP weights were computed the step would cost ~3x F, which the
+  # full fine-tuning run below shows this measure detects.
+  config = _tiny("video_only")
+  train, forward = _step_and_forward_macs(config)
+  assert 1.9 < train / forward < 2.2, train / forward
+  config.freeze_backbone = False
+  train_all, forward_all = _step_and_forward_macs(config)
+  assert forward_all == forward
+  assert train_all / forward > 2.8, train_all / forward
+
+
+def test_harness_reports_sane_fields(fast_compiles):
+  del fast_compiles
+  config = _tiny("pgvt")
+  peak = bench.measured_matmul_peak(n=256, repeats=2)
+  assert peak > 1e7  # any CPU does 10 MFLOP/s
+  r = bench.benchmark(config, batch=2, mode="both", n_steps=3, warmup=1,
+                      peak=(peak, "test"))
+  assert r["batch"] == 2 and r["backend"] == jax.default_backend()
+  assert r["peak_memory_bytes"] > 2**20
+  for mode in ("train", "inference"):
+    s = r[mode]
+    assert s["timed_steps"] == 3
+    assert 0 < s["step_s_min"] <= s["step_s"] <= s["step_s_max"]
+    assert s["clips_per_s"] == pytest.approx(2 / s["step_s"])
+    assert s["compile_s"] > 0 and s["minor_faults_per_step"] >= 0
+    assert s["mfu"] == pytest.approx(s["model_flops"] / s["step_s"] / peak)
+    # The jaxpr count (dots only) and XLA's count (dots + element-wise) agree on the bulk.
+    assert 0.5 < s["model_flops"] / s["hlo_flops"] < 1.5, (mode, s)
+  views = config.data.eval_clips * config.data.eval_crops
+  assert r["inference"]["views_per_video"] == views
+  # A train step costs about 2.2x the forward of one view (above); inference runs `views`.
+  ratio = r["train"]["model_flops"] / (r["inference"]["model_flops"] / views)
+  assert 1.9 < ratio < 2.6, ratio
