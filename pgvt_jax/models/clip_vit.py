@@ -208,18 +208,26 @@ class ResidualAttentionBlock(nn.Module):
     return x + self.feed_forward(x)
 
 
-def patch_embed_and_pos(module: nn.Module, cfg: ClipVitConfig, images: Array, dtype=None) -> Array:
+def clip_conv1(cfg: ClipVitConfig, dtype=None) -> nn.Module:
+  """CLIP's patch projection (declare it in a compact method to share it between calls)."""
+  p = cfg.patch_size
+  return nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+                 dtype=dtype, name="conv1")
+
+
+def patch_embed_and_pos(module: nn.Module, cfg: ClipVitConfig, images: Array, dtype=None,
+                        conv: nn.Module | None = None) -> Array:
   """CLIP input layer declared on `module`: conv1 patches, CLS, positional embedding.
 
   images `(B, S, S, 3)` (CLIP-normalised) -> tokens `(B, 1 + g*g, D)`, row-major patch order.
   `ln_pre` is *not* applied: AIM adds its temporal embedding between the two.
+  conv: a `clip_conv1` already declared on `module` (when another input shares it).
   """
-  d, p = cfg.width, cfg.patch_size
+  d = cfg.width
   if images.shape[-3:] != (cfg.image_size, cfg.image_size, 3):
     raise ValueError(f"images have shape {images.shape}; expected (..., {cfg.image_size}, "
                      f"{cfg.image_size}, 3) for this CLIP config")
-  x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dtype,
-              name="conv1")(images)
+  x = (conv or clip_conv1(cfg, dtype))(images)
   x = x.reshape((x.shape[0], -1, d))  # (B, g*g, D), row-major like torch's flatten(2)
   scale = d ** -0.5
   cls = module.param("class_embedding", nn.initializers.normal(scale), (d,))
