@@ -131,7 +131,11 @@ def _model(arg, spec, num_classes) -> dict:
                image_size=32 if arg.runlocal else 224)
   if arg.family == "timesformer":
     # TimeSformer-B/16 (K400 8x32 weights via pgvt_jax.convert_timesformer), all trained.
-    model.update(family="timesformer", backbone="Ti/8" if arg.runlocal else "B/16")
+    # Regularisation of TimeSformer's `vit_base_patch16_224` (facebookresearch/TimeSformer
+    # vit.py): drop_path_rate 0.1, drop_rate 0 (its linear head has no dropout; the public
+    # configs' DROPOUT_RATE 0.5 is read only by SlowFast heads).
+    model.update(family="timesformer", backbone="Ti/8" if arg.runlocal else "B/16",
+                 drop_path=0.1, dropout=0.0)
   else:
     model.update(backbone="Ti/8" if arg.runlocal else common.BACKBONES[arg.backbone])
     if "family" in _model_fields():

@@ -65,8 +65,8 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
                     pose_frames: int, video_frames: int, joints_per_person: int = 17,
                     num_persons: int = 1, eval_clips: int = 1, eval_crops: int = 3,
                     num_epochs: int = 50, warmup_epochs: float = 2.5,
-                    builder_dir: str | None = None, splits: tuple[str, str] | None = None
-                    ) -> ml_collections.ConfigDict:
+                    builder_dir: str | None = None, splits: tuple[str, str] | None = None,
+                    eval_sampling: str = "segment") -> ml_collections.ConfigDict:
   """The skeleton every dataset config shares; `arg` from parse_arg (backbone, variant, ...).
 
   The records are read from `builder_dir`, by default `DATA_ROOT/RECORDS[dataset]`, with
@@ -90,6 +90,12 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
   d = config.data
   d.builder_dir = builder_dir or f"{DATA_ROOT}/{RECORDS[dataset]}"
   d.train_split, d.eval_split = splits or SPLITS[dataset]
+  val = int(arg.get("val", 0))
+  if val:  # model selection on a validation split carved from train; test measured at the end
+    if not 0 < val < 100:
+      raise ValueError(f"config argument val={val}: a percentage of train in 1..99")
+    d.test_split = d.eval_split
+    d.train_split, d.eval_split = f"train[:{100 - val}%]", f"train[{100 - val}%:]"
   d.num_frames = config.model.get_ref("video_frames")      # T_l
   d.pose_frames = config.model.get_ref("pose_frames")      # T_h
   d.image_size = config.model.get_ref("image_size")        # S
@@ -98,8 +104,14 @@ def get_base_config(arg: ml_collections.ConfigDict, *, dataset: str, num_classes
   d.heatmap_size = config.model.get_ref("heatmap_size")
   d.num_joints = (config.model.get_ref("joints_per_person")
                   * config.model.get_ref("num_persons"))   # J = j * n
-  d.short_side = 256                                      # AIM: resize 256, crop 224
+  # AIM's test views (configs/recognition/vit/vitclip_base_{diving48,k400}.py): short side
+  # resized to the crop size (224), then 3 crops x 1 segment-sampled clip (Diving48; FineGym
+  # follows it) or 1 centre crop x 3 densely sampled clips (K400). The earlier views (short
+  # side 256, segment clips) remain: --config.data.short_side=256
+  # --config.data.eval_sampling=segment.
+  d.short_side = 0                                        # = image_size (224)
   d.eval_clips, d.eval_crops = eval_clips, eval_crops
+  d.eval_sampling = eval_sampling
   d.train_batch_size = d.eval_batch_size = 64              # global, as AIM (8 GPUs x 8)
   d.num_workers = 8
 

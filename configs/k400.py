@@ -17,4 +17,5 @@ def get_config(arg=None):
                          lr_recipe="aim", persons=1, runlocal=False)
   return common.get_base_config(arg, dataset="k400", num_classes=400, pose_frames=32,
                                 video_frames=32, num_persons=arg.persons, eval_clips=3,
-                                eval_crops=1, num_epochs=30)  # AIM's K400 recipe
+                                eval_crops=1, num_epochs=30,  # AIM's K400 recipe
+                                eval_sampling="dense")

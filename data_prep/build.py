@@ -111,7 +111,7 @@ def _parse(argv):
   p.add_argument("--num_frames", type=int, default=32)
   p.add_argument("--image_size", type=int, default=128)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--class_set", choices=("fine", "coarse"), default="fine",
+  p.add_argument("--class_set", choices=("fine", "coarse", "pose_video"), default="fine",
                  help="synthetic: class enumeration (see data_prep/synthetic.py)")
   return p.parse_args(argv)
 

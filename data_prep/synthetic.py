@@ -15,6 +15,15 @@ NOTE: a horizontal flip maps left <-> right and clockwise <-> anticlockwise,
 i.e. one class onto another: do not flip-augment this dataset (the builder
 stores `horizontal_flip_safe=False` in its metadata).
 
+Class set "pose_video" (the PGVT demo) makes the two modalities complementary:
+class = (motion, ball colour). The motion is one of the "coarse" limb-pair
+rotations (arms, legs, ...) and is read best from the keypoints; a ball lies
+still on the floor beside the person, red or blue, drawn only in the frames
+(the keypoints carry no trace of it, and it does not move with the limbs). A
+pose-only model can at best tell the motion (top-1 <= 1/2 with two colours),
+a video-only model must read the motion from thin moving limbs; a model that
+uses both can reach 1.
+
   path = build("/tmp/pgvt_data", num_train=256, num_test=64, num_classes=8)
   src = tfds.builder_from_directory(path).as_data_source("train")
 """
@@ -54,7 +63,10 @@ class Rotation:
     return f"{self.limb} {self.count}x{way}"
 
 
-CLASS_SETS = ("fine", "coarse")
+CLASS_SETS = ("fine", "coarse", "pose_video")
+# "pose_video": the colour of the ball on the floor, the cue only the frames carry. Saturated and far
+# apart, on the muted backgrounds that class set uses.
+BALL_COLOURS = {"red": (225, 30, 30), "blue": (30, 70, 235)}
 
 
 def class_definitions(num_classes: int, class_set: str = "fine"
@@ -69,6 +81,13 @@ def class_definitions(num_classes: int, class_set: str = "fine"
   """
   if class_set not in CLASS_SETS:
     raise ValueError(f"class_set={class_set!r}, expected one of {CLASS_SETS}")
+  if class_set == "pose_video":  # motion m = label // 2 (coarse order), ball = label % 2
+    if num_classes % len(BALL_COLOURS):
+      raise ValueError(f"num_classes={num_classes}: class_set 'pose_video' needs a multiple "
+                       f"of {len(BALL_COLOURS)} (motions x ball colours)")
+    motions = class_definitions(max(2, num_classes // len(BALL_COLOURS)), "coarse")
+    return [m for m in motions[:num_classes // len(BALL_COLOURS)]
+            for _ in BALL_COLOURS]
   out = []
   for (a, b), (ca, cb) in itertools.product(_PAIRS, _COUNTS):
     for first, second in (((a, ca), (b, cb)), ((b, cb), (a, ca))):
@@ -84,9 +103,21 @@ def class_definitions(num_classes: int, class_set: str = "fine"
   return out[:num_classes]
 
 
+def held_objects(num_classes: int, class_set: str = "fine"
+                 ) -> list[tuple[int, int, int] | None]:
+  """Per class, the RGB colour of the ball beside the person (None: no ball)."""
+  if class_set != "pose_video":
+    return [None] * num_classes
+  colours = list(BALL_COLOURS.values())
+  return [colours[i % len(colours)] for i in range(num_classes)]
+
+
 def class_names(num_classes: int, class_set: str = "fine") -> list[str]:
-  return [f"{r1} then {r2}"
-          for r1, r2 in class_definitions(num_classes, class_set)]
+  names = [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes, class_set)]
+  if class_set == "pose_video":
+    balls = list(BALL_COLOURS)
+    names = [f"{n}, {balls[i % len(balls)]} ball" for i, n in enumerate(names)]
+  return names
 
 
 # Figure in body units (height ~1, y down, origin mid-hip); person faces the
@@ -144,9 +175,16 @@ def motion(label_def: tuple[Rotation, Rotation], num_frames: int, size: int,
   return pts.astype(np.float32)
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-  """(size, size, 3) uint8: a colour gradient, a few shapes, pixel noise."""
-  c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+def _background(size: int, rng: np.random.Generator, muted: bool = False) -> np.ndarray:
+  """(size, size, 3) uint8: a colour gradient, a few shapes, pixel noise.
+
+  muted: grey-ish colours only (saturation <= ~0.25), so that a saturated object stands out.
+  """
+  def colour():
+    c = rng.uniform(0, 255, 3)
+    return c.mean() + 0.25 * (c - c.mean()) if muted else c
+
+  c0, c1 = colour(), colour()
   ang = rng.uniform(0, 2 * np.pi)
   yy, xx = np.mgrid[0:size, 0:size] / size
   g = (np.cos(ang) * xx + np.sin(ang) * yy)
@@ -156,7 +194,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
   for _ in range(rng.integers(3, 8)):
     x0, y0 = rng.uniform(-0.2, 1.0, 2) * size
     w, h = rng.uniform(0.05, 0.4, 2) * size
-    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    color = tuple(int(c) for c in colour())
     shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
     shape((x0, y0, x0 + w, y0 + h), fill=color)
   arr = np.asarray(img).astype(np.int16) + rng.integers(-8, 9, (size, size, 3))
@@ -165,9 +203,13 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
                 num_frames: int = 32, size: int = 128, fps: float = 16.0,
-                pose_noise_px: float = 0.6, jitter_px: int = 4
+                pose_noise_px: float = 0.6, jitter_px: int = 4,
+                held_object: tuple[int, int, int] | None = None
                ) -> tuple[video_lib.DecodedVideo, np.ndarray]:
   """One clip: frames and the exact keypoints of the drawn figure.
+
+  held_object: RGB of a ball lying still beside the person (on muted backgrounds); the
+  keypoints do not change.
 
   Returns:
     (video, keypoints (T, 17, 2) float32 in frame pixels).
@@ -176,14 +218,22 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
   pad = jitter_px
   canvas = size + 2 * pad
   pts = motion(label_def, num_frames, size, rng, pose_noise_px) + pad
-  bg = _background(canvas, rng)
+  bg = _background(canvas, rng, muted=held_object is not None)
   # Camera jitter: a clipped random walk of the crop window.
   steps = rng.normal(0.0, 0.8, (num_frames, 2))
   offset = np.clip(np.cumsum(steps, 0) + pad, 0, 2 * pad).round().astype(int)
-  color = tuple(int(c) for c in rng.integers(0, 256, 3))
+  color = rng.integers(0, 256, 3)
+  if held_object is not None:  # muted figure too: the ball is the only saturated colour
+    color = color.mean() + 0.25 * (color - color.mean())
+  color = tuple(int(c) for c in color)
   outline = tuple(255 - c for c in color)
   width = max(2, round(size / 40 * rng.uniform(0.8, 1.3)))
   head_r = size / 30
+  if held_object is not None:  # beside the hips at foot level, left or right (frame 0 pose)
+    hip = (pts[0, 11] + pts[0, 12]) / 2
+    torso = np.linalg.norm(hip - (pts[0, 5] + pts[0, 6]) / 2)
+    ball = hip + torso * np.array([rng.choice((-1.0, 1.0)) * 1.3, 1.35])
+    ball_r = size / 11
   frames = np.empty((num_frames, size, size, 3), np.uint8)
   kps = np.empty((num_frames, 17, 2), np.float32)
   for i in range(num_frames):
@@ -198,6 +248,10 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
     nx, ny = p[0]
     draw.ellipse((nx - head_r, ny - head_r, nx + head_r, ny + head_r),
                  fill=color, outline=outline)
+    if held_object is not None:  # the ball lies still on the floor beside the person
+      bx, by = ball - (ox, oy)
+      draw.ellipse((bx - ball_r, by - ball_r, bx + ball_r, by + ball_r), fill=held_object,
+                   outline=(0, 0, 0))
     frames[i] = np.asarray(img)
     kps[i] = p
   video = video_lib.DecodedVideo(

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pgvt_jax import checkpointing, data, metric_writer, optim, partitioning, steps
+from pgvt_jax import checkpointing, data, init_from, metric_writer, optim, partitioning, steps
 from pgvt_jax.models import common, factory
 
 
@@ -121,6 +121,8 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
   shapes = factory.param_shapes(model)
   param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
   params, meta = load_params(config, model, param_sh)
+  if not any((workdir / "checkpoints").glob("[0-9]*")):  # a resumed run has its own weights
+    params = init_from.maybe_apply(config, params, meta, param_sh)
   if config.freeze_backbone:
     trainable, frozen = factory.split_params(model_cfg, params)
   else:  # full fine-tuning: the backbone trains too (and is saved in every checkpoint)
@@ -192,6 +194,7 @@ def trainer_config() -> ml_collections.ConfigDict:
   # {"name": weight} of registered auxiliary losses (pgvt_jax.losses); 0 = off. Declared so
   # `--config.aux_losses.paat=1.6` works from the command line.
   c.aux_losses = ml_collections.ConfigDict({"paat": 0.0})  # PAAT lambda (Eq. 8; paper 1.6)
+  c.init_from = init_from.config()             # two-stage late fusion (Table 4 row 3)
   c.optim = optim.get_config()
   c.mesh = partitioning.get_config()
   c.data = data.get_config()

@@ -25,10 +25,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.b1, c.b2, c.eps = 0.9, 0.999, 1e-8
   c.weight_decay = 0.05
   c.warmup_epochs = 2.5    # AIM: 2.5 of 50 epochs
+  c.warmup_ratio = 0.1     # warmup starts at warmup_ratio * lr (mmcv's linear warmup default)
   c.final_lr_ratio = 0.0   # cosine decays to lr * final_lr_ratio
   c.grad_clip_norm = 0.0   # 0 disables global-norm clipping
   c.grad_accum_steps = 1   # > 1 wraps the optimizer in optax.MultiSteps
   c.label_smoothing = 0.0
+  # Params whose path contains one of these names are not weight-decayed; everything else
+  # (adapter and head biases, temporal embeddings, R-Adapter) is. AIM's `paramwise_cfg`
+  # (configs/recognition/vit/vitclip_base_diving48.py): class/positional embeddings and the
+  # LayerNorms. ("ln_post" also covers ln_post_pose, as mmcv matches substrings.)
+  c.no_decay = AIM_NO_DECAY
+  # "aim" (the names above) | "ndim": no decay for leaves with ndim < 2 (biases, norms) and
+  # embedding tables (the param groups of the PAAB/PAAT SGD recipe's torch parity test).
+  c.decay_rule = "aim"
   # SGD (the PAAB/PAAT recipe, TimeSformer's trainer): momentum, coupled (L2) weight decay as in
   # torch.optim.SGD, applied to the leaves `decay_mask` selects.
   c.momentum = 0.9
@@ -41,15 +50,32 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def no_decay(path: tuple[str, ...], leaf: Any) -> bool:
-  """Biases, LayerNorm scales and embedding tables are not weight-decayed."""
-  name = "/".join(path)
-  return getattr(leaf, "ndim", 0) < 2 or "embedding" in name
+AIM_NO_DECAY = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
 
 
-def decay_mask(params) -> Any:
+DECAY_RULES = ("aim", "ndim")
+
+
+def no_decay(path: tuple[str, ...], leaf: Any = None, names=AIM_NO_DECAY,
+             rule: str = "aim") -> bool:
+  """True if a param is exempt from weight decay.
+
+  rule "aim": its path contains one of `names` (mmcv custom_keys: substring match).
+  rule "ndim": it has fewer than 2 dims (biases, norm scales) or is an embedding table.
+  """
+  full = "/".join(path)
+  if rule == "ndim":
+    return getattr(leaf, "ndim", 0) < 2 or "embedding" in full
+  if rule != "aim":
+    raise ValueError(f"config.optim.decay_rule={rule!r}; expected one of {DECAY_RULES}")
+  return any(n in full for n in names)
+
+
+def decay_mask(params, names=AIM_NO_DECAY, rule: str = "aim") -> Any:
+  """Same tree as `params`: True where weight decay applies."""
   flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({k: not no_decay(k, v) for k, v in flat.items()})
+  return traverse_util.unflatten_dict(
+      {k: not no_decay(k, v, tuple(names), rule) for k, v in flat.items()})
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -58,8 +84,9 @@ SCHEDULES = ("cosine", "steps")
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
                   steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine to `lr * final_lr_ratio` at `total_steps`.
+  """Linear warmup from `warmup_ratio * lr` to `lr`, then cosine to `lr * final_lr_ratio`.
 
+  mmcv's linear warmup (AIM) starts at warmup_ratio = 0.1 of the rate, not at 0.
   With `cfg.schedule == "steps"`: after the warmup, `lr` multiplied by `lr_step_factor` at the
   start of each epoch in `lr_step_epochs` (0-indexed epochs, as TimeSformer's
   `steps_with_relative_lrs`: epoch 11 is the twelfth).
@@ -68,6 +95,9 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
   if schedule not in SCHEDULES:
     raise ValueError(f"config.optim.schedule={schedule!r}; expected one of {SCHEDULES}")
   warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+  ratio = cfg.get("warmup_ratio", 0.1)
+  if not 0 <= ratio <= 1:
+    raise ValueError(f"config.optim.warmup_ratio={ratio}: expected 0 <= ratio <= 1")
   if schedule == "steps":
     epochs = tuple(cfg.lr_step_epochs)
     if list(epochs) != sorted(epochs) or any(e <= 0 for e in epochs):
@@ -78,9 +108,9 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
     if not warmup:
       return steps
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.lr, warmup), steps], [warmup])
+        [optax.linear_schedule(cfg.lr * ratio, cfg.lr, warmup), steps], [warmup])
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+      init_value=cfg.lr * ratio, peak_value=cfg.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.final_lr_ratio)
 
 
@@ -101,14 +131,16 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   # so a run can enable clipping on resume (e.g. after a NaN).
   parts = [optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm > 0
            else optax.identity()]
+  names, rule = cfg.get("no_decay", AIM_NO_DECAY), cfg.get("decay_rule", "aim")
+  mask = lambda p: decay_mask(p, names, rule)
   if cfg.optimizer == "sgd":
     # torch.optim.SGD: buf = momentum * buf + (g + wd * p); p -= lr * buf.
     if cfg.weight_decay:
-      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
     parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   else:
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))
+                             weight_decay=cfg.weight_decay, mask=mask))
   tx = optax.chain(*parts)
   if labels is None:
     labels = lambda params: jax.tree.map(lambda _: "trainable", params)

@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pgvt_jax import data, experiment, partitioning, steps
-from pgvt_jax.models import common
+from pgvt_jax.models import common, factory
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -122,23 +122,14 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
 
 
-def _factory():
-  """pgvt_jax.models.factory (every model family) where it exists, else the CLIP model."""
-  try:
-    from pgvt_jax.models import factory  # pylint: disable=g-import-not-at-top
-    return factory
-  except ImportError:
-    from pgvt_jax.models import pgvt  # pylint: disable=g-import-not-at-top
-    return pgvt
-
-
 def restore_params(config: ml_collections.ConfigDict, workdir: Path):
   """(model, params, mesh): initialised/backbone params with the run's trained params over
   them (best checkpoint, else latest), every restored leaf matched by path."""
   mesh = partitioning.make_mesh(config.mesh)
-  model = _factory().create_model(config.model)
+  model = factory.create_model(config.model)
   shapes = jax.eval_shape(
-      lambda r: model.init(r, _dummy_batch(model))["params"], jax.random.PRNGKey(0))
+      lambda r: model.init(r, factory.dummy_batch(model.config))["params"],
+      jax.random.PRNGKey(0))
   params, _ = experiment.load_params(config, model,
                                      partitioning.tree_shardings(shapes, mesh, config.mesh))
   restored, step = None, None
@@ -166,10 +157,6 @@ def restore_params(config: ml_collections.ConfigDict, workdir: Path):
                        f"{flat[k].shape}")
     flat[k] = jax.device_put(np.asarray(v), flat[k].sharding)
   return model, common.unflatten(flat), mesh
-
-
-def _dummy_batch(model):
-  return _factory().dummy_batch(model.config)
 
 
 def fit_joints(batch: dict, num_joints: int) -> dict:
@@ -237,9 +224,7 @@ def run(workdir: str, query: str, gallery: str, *, config: ml_collections.Config
   """Features of both record sets, R@k, files in `out_dir`; returns the result dict."""
   workdir = Path(workdir).expanduser()
   config = config if config is not None else load_run_config(workdir)
-  configure = getattr(_factory(), "configure_data", None)
-  if configure is not None:  # pixel statistics of the model family, J
-    configure(config)
+  factory.configure_data(config)  # the model family's pixel statistics, J
   d = config.data
   if batch_size:
     d.eval_batch_size = batch_size

@@ -13,6 +13,7 @@ Layouts:
   ntu25        Kinect v2 joints of NTU RGB+D (`rgb_body0` colour-space skeletons).
   smarthome13  LCR-Net++ 13-joint output used by Toyota Smarthome's pose files.
   openpose18   OpenPose COCO-18 (N-UCLA pose JSON in PAAB/PAAT's release).
+  arm3..arm5   robot arms of 2-4 links: base, joint_1.., tip (multi-view alignment).
 """
 
 from __future__ import annotations
@@ -151,8 +152,14 @@ OPENPOSE18 = _check(Skeleton(
            (0, 15), (15, 17)),
 ))
 
+# Robot arms of 2-4 links (multi-view alignment, data_prep/multiview.py): base, joints, tip.
+ARMS = tuple(_check(Skeleton(
+    name=f"arm{n + 1}",
+    joints=("base",) + tuple(f"joint_{i}" for i in range(1, n)) + ("tip",),
+    flip_pairs=(), bones=tuple((i, i + 1) for i in range(n)))) for n in (2, 3, 4))
+
 SKELETONS: dict[str, Skeleton] = {
-    sk.name: sk for sk in (COCO17, NTU25, SMARTHOME13, OPENPOSE18)}
+    sk.name: sk for sk in (COCO17, NTU25, SMARTHOME13, OPENPOSE18) + ARMS}
 
 
 def get(name: str) -> Skeleton:

@@ -12,6 +12,7 @@ saved; SIGTERM saves and the CLI then exits with PREEMPTED_EXIT_CODE (143).
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -43,11 +44,12 @@ def _any_host(flag: bool) -> bool:
 
 
 def run_eval(exp: Experiment, params, frozen, *, tag: str = "eval",
-             save_dir: Path | None = None) -> dict:
-  """One pass over the eval split: views combined per video (config.eval_combine: mean or max),
-  then top-1/5 and class accuracy."""
+             save_dir: Path | None = None, source=None) -> dict:
+  """One pass over the eval split (or `source`): views combined per video
+  (config.eval_combine: mean or max), then top-1/5 and class accuracy."""
   cfg = exp.config
-  it, info = data.make_eval_iterator(cfg.data, exp.eval_source)
+  source = exp.eval_source if source is None else source
+  it, info = data.make_eval_iterator(cfg.data, source)
   acc = evaluation.ViewAccumulator(info.num_videos, cfg.model.num_classes,
                                    combine=cfg.get("eval_combine", "mean"))
   for host_batch in it:
@@ -59,8 +61,8 @@ def run_eval(exp: Experiment, params, frozen, *, tag: str = "eval",
              f"{tag}/mean_class_accuracy": result["mean_class_accuracy"]}
   if save_dir is not None and jax.process_index() == 0:
     evaluation.save_confusion(result["confusion_matrix"], save_dir / f"{tag}_confusion",
-                              exp.eval_source.class_names)
-    names = exp.eval_source.class_names or [str(i) for i in range(cfg.model.num_classes)]
+                              source.class_names)
+    names = source.class_names or [str(i) for i in range(cfg.model.num_classes)]
     per_class = {n: (None if np.isnan(a) else float(a))
                  for n, a in zip(names, result["per_class_accuracy"])}
     exp.writer.write_json(f"{tag}_per_class_accuracy.json", per_class)
@@ -106,6 +108,9 @@ def _flush(pending: list, writer: metric_writer.MetricWriter, t_last: float,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        run_evals: bool = True) -> dict:
   """Trains to config.total_steps (or num_epochs); evaluates along the way unless run_evals=False."""
+  if config.get("task", "classification") == "alignment":  # multi-view video alignment
+    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
+    return alignment.train_and_evaluate(config, workdir, run_evals=run_evals)
   workdir = Path(workdir)
   workdir_lib.validate_config(config, train=True)
   lock = workdir_lib.WorkdirLock(workdir, "train").acquire() if jax.process_index() == 0 else None
@@ -200,13 +205,63 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
   if jax.process_index() == 0:
     curves = metric_writer.plot_curves(workdir)
     logging.info("Wrote %s", curves)
-  writer.write_json("final_metrics.json", {"step": step, **last_metrics})
+  summary = {"step": step, **last_metrics}   # the FINAL checkpoint's figures
+  if run_evals:
+    summary.update(_best_and_test(exp, state, step))
+  writer.write_json("final_metrics.json", summary)
   writer.close()
   return last_metrics
 
 
+def best_eval(workdir: Path, metric: str) -> dict | None:
+  """{"step": s, metric: v, ...} of the best eval in metrics.jsonl (what best/ holds)."""
+  path = Path(workdir) / metric_writer.METRICS_FILE
+  if not path.exists():
+    return None
+  best = None
+  for line in path.read_text().splitlines():
+    rec = json.loads(line)
+    if rec.get(metric) is not None and (best is None or rec[metric] > best[metric]):
+      best = rec
+  return best
+
+
+def _best_and_test(exp: Experiment, state, step: int) -> dict:
+  """The best/ checkpoint's eval figures, and both checkpoints on config.data.test_split.
+
+  `best/` is picked on the eval split: when that is the test split (Diving48 has no other),
+  its figure is optimistic, so the final checkpoint's figures are the ones to report; with a
+  validation split carved from train (config.data.train_split="train[:90%]",
+  eval_split="train[90%:]") set test_split to measure both on held-out data.
+  """
+  cfg, out = exp.config, {}
+  best = best_eval(exp.workdir, cfg.best_metric)
+  if best is not None:
+    out["best"] = {k: v for k, v in best.items() if k == "step" or k.startswith("eval/")}
+  test_split = cfg.data.get("test_split", "")
+  if not test_split:
+    return out
+  source = data.open_source(cfg.data, test_split)
+  out.update(run_eval(exp, state["params"], exp.frozen, tag="test", source=source,
+                      save_dir=exp.workdir))
+  if best is not None and best["step"] != step:
+    ckpt = checkpointing.Checkpointer(exp.workdir, best_metric=cfg.best_metric,
+                                      async_save=False)
+    best_state, _, _ = ckpt.restore_best(checkpointing.abstract_like(state))
+    ckpt.close()
+    best_params = best_state["params"]
+  else:
+    best_params = state["params"]
+  out["best"] = {**out.get("best", {}),
+                 **run_eval(exp, best_params, exp.frozen, tag="test", source=source)}
+  return out
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best checkpoint of `workdir` (else its latest)."""
+  if config.get("task", "classification") == "alignment":
+    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
+    return alignment.evaluate(config, workdir)
   workdir = Path(workdir)
   workdir_lib.validate_config(config, train=False)
   if not checkpointing.has_checkpoint(workdir):  # before anything is created or written

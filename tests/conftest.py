@@ -27,3 +27,8 @@ def fast_compiles():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", old)
+
+
+# Tiny trained runs shared by test_predict and test_visualize (session scope: trained once).
+from tests.predict_fixtures import (  # noqa: E402,F401  pylint: disable=unused-import
+    short_runs, synthetic_dir, trained_run)

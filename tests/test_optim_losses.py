@@ -16,7 +16,7 @@ def _cfg(**kw):
 
 
 def test_warmup_then_cosine():
-  cfg = _cfg(lr=1.0, warmup_epochs=2, final_lr_ratio=0.1)
+  cfg = _cfg(lr=1.0, warmup_epochs=2, final_lr_ratio=0.1, warmup_ratio=0.0)
   sched = optim.make_schedule(cfg, total_steps=100, steps_per_epoch=5)  # warmup 10 steps
   assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
   assert float(sched(10)) == pytest.approx(1.0)
@@ -51,12 +51,38 @@ def test_gradient_accumulation_updates_every_k_steps():
   np.testing.assert_allclose(u2["w"], -0.1, rtol=1e-4)
 
 
-def test_weight_decay_skips_biases_norms_and_embeddings():
-  params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
-            "ln": {"scale": jnp.ones(2)}, "temporal_embedding": jnp.ones((4, 2))}
-  mask = optim.decay_mask(params)
-  assert mask == {"dense": {"kernel": True, "bias": False}, "ln": {"scale": False},
-                  "temporal_embedding": False}
+def test_warmup_starts_at_a_tenth_of_the_rate_as_mmcv():
+  # mmcv linear warmup: lr * (1 - (1 - k / W) * (1 - 0.1)); k = 0 -> 0.1 lr, k = W/2 -> 0.55 lr.
+  sched = optim.make_schedule(_cfg(lr=2.0, warmup_epochs=2), total_steps=100,
+                              steps_per_epoch=5)
+  assert float(sched(0)) == pytest.approx(0.2)
+  assert float(sched(5)) == pytest.approx(2.0 * 0.55)
+  assert float(sched(10)) == pytest.approx(2.0)
+
+
+def test_weight_decay_mask_is_aims():
+  """AIM exempts only class/positional embeddings and LayerNorms (paramwise_cfg)."""
+  from pgvt_jax.models import pgvt
+  from pgvt_jax.models.config import ModelConfig
+  model = pgvt.create_model(ModelConfig(variant="pgvt", backbone="Ti/8", image_size=32,
+                                        video_frames=2, pose_frames=4, num_classes=3))
+  flat = {"/".join(k): v for k, v in
+          __import__("flax").traverse_util.flatten_dict(optim.decay_mask(
+              pgvt.param_shapes(model))).items()}
+  exempt = {k for k, v in flat.items() if not v}
+  # Decayed: adapter biases, head bias, temporal embeddings, R-Adapter, pose MLP.
+  for path in ("resblocks_0/S_Adapter/D_fc1/bias", "resblocks_1/MLP_Adapter_pose/D_fc2/bias",
+               "head/bias", "head/kernel", "temporal_embedding", "pose_embed/temporal_embedding",
+               "resblocks_0/R_Adapter/fc_down/kernel", "resblocks_0/R_Adapter/pose_out/bias",
+               "pose_embed/fc1/bias"):
+    assert flat[path], path
+  # Exempt: exactly the class/positional embeddings and the LayerNorms (CLIP's and ours).
+  for path in ("class_embedding", "positional_embedding", "pose_embed/class_embedding",
+               "pose_embed/positional_embedding", "ln_pre/scale", "ln_pre/bias",
+               "resblocks_0/ln_1/scale", "resblocks_1/ln_2/bias", "ln_post/scale",
+               "ln_post_pose/bias"):
+    assert path in exempt, path
+  assert all(any(n in p for n in optim.AIM_NO_DECAY) for p in exempt)
 
 
 def test_aux_loss_hook_adds_weighted_term():

@@ -10,7 +10,8 @@ from pgvt_jax import optim
 def _cfg(**kw):
   c = optim.get_config()
   c.update(dict(optimizer="sgd", lr=0.005, momentum=0.9, weight_decay=1e-4, schedule="steps",
-                lr_step_epochs=(11, 14), lr_step_factor=0.1, warmup_epochs=0.0), **kw)
+                lr_step_epochs=(11, 14), lr_step_factor=0.1, warmup_epochs=0.0,
+                warmup_ratio=0.0, decay_rule="ndim"), **kw)
   return c
 
 

@@ -2,11 +2,20 @@ r"""PGVT Table 4 (effectiveness of components, Diving48, ViT-B/16), one row per 
 
   row=1    pose only, 48 pose frames (AIM on pose tokens)
   row=2i   video only, 16 frames (AIM)            row=2ii  video only, 32 frames (AIM)
-  row=3    late fusion, 48 + 16                   row=4    PGVT w/o T (Pose Temporal Attention)
+  row=3    late fusion, 48 + 16, two-stage        row=4    PGVT w/o T (Pose Temporal Attention)
   row=5    R-Adapter -> 2 Adapters                row=6i   PGVT w/o refined pose
   row=6ii  PGVT w/o refined video                 row=7    PGVT (default)
 
 Other arguments as in configs/diving48.py (backbone, pose_format, runlocal).
+
+Row 3 is trained as the paper does, in two stages: rows 1 and 2i first, then the fused model
+starts from their final checkpoints (pgvt_jax/init_from.py) and is fine-tuned:
+
+  python -m pgvt_jax.main --config=configs/ablations/table4.py:row=1  --workdir=runs/t4_row1
+  python -m pgvt_jax.main --config=configs/ablations/table4.py:row=2i --workdir=runs/t4_row2i
+  python -m pgvt_jax.main --config=configs/ablations/table4.py:row=3  --workdir=runs/t4_row3
+  (other workdirs: --config.init_from.pose=... --config.init_from.video=...; both "" trains
+  the fused model from scratch)
 
   python -m pgvt_jax.tools.model_stats --config=configs/ablations/table4.py:row=5
   python -m pgvt_jax.tools.paper_tables   # every row next to the paper's figures
@@ -38,4 +47,7 @@ def get_config(arg=None):
                                   video_frames=16)
   if not arg.runlocal:
     config.model.update(row)
+    if arg.row == "3":  # two-stage: start from the trained row-1 and row-2i streams
+      config.init_from.pose = "runs/t4_row1"
+      config.init_from.video = "runs/t4_row2i"
   return config

@@ -3,6 +3,9 @@ r"""PGVT Table 6 (pose input forms, Diving48, ViT-B/16 pose-only model with 48 p
   form=coords    2D joint coordinates through a trainable MLP (default)
   form=heatmap   PoseC3D-style 112x112 per-joint heatmaps, patchified by a trainable
                  16x16 conv embedding (7x7 patches + CLS per frame)
+  form=heatmap_rgb  the same heatmaps drawn as one RGB image per frame and patchified by
+                 CLIP's frozen conv1 (no trainable projection): the reading that fits the
+                 paper's 11M tunable params / 311 GFLOPs
 
 Other arguments as in configs/diving48.py (backbone, variant, runlocal).
 

@@ -59,6 +59,7 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
   def _read_dataset(self, manual_dir):
     cfg = self.builder_config
     defs = synthetic.class_definitions(cfg.num_classes, cfg.class_set)
+    balls = synthetic.held_objects(cfg.num_classes, cfg.class_set)
     splits = {}
     for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
       items = []
@@ -67,7 +68,7 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
         seed = (cfg.seed, _SPLIT_SEEDS[split], i)
         clip = _Clip(functools.partial(
             synthetic.render_clip, defs[label], seed, cfg.num_frames,
-            cfg.image_size), cfg.image_size)
+            cfg.image_size, held_object=balls[label]), cfg.image_size)
         items.append(builder_lib.VideoItem(
             f"{split}_{i:06d}", label, None, frames=clip.frames,
             pose=clip.pose))

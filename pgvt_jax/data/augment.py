@@ -125,6 +125,69 @@ def normalize_frames(frames: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.nda
   return out.reshape(frames.shape)
 
 
+def _boxes(keypoints: np.ndarray, score: np.ndarray) -> np.ndarray:
+  """(M, 4) x0, y0, x1, y1 of each person's scored joints; NaN rows for absent persons."""
+  out = np.full((keypoints.shape[0], 4), np.nan, np.float32)
+  for m in range(keypoints.shape[0]):
+    seen = keypoints[m][score[m] > 0]
+    if len(seen):
+      out[m] = (*seen.min(0), *seen.max(0))
+  return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """(Na, Nb) IoU of boxes (NaN boxes -> 0); zero-area boxes are padded by a pixel."""
+  a, b = a[:, None], b[None]
+  iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
+  ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
+  inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+  area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)
+  iou = inter / (area(a) + area(b) - inter)
+  return np.nan_to_num(iou, nan=0.0)
+
+
+def link_persons(keypoints: np.ndarray, score: np.ndarray, min_iou: float = 0.1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Re-orders the person slots of every frame so that slot m follows one person (track).
+
+  Pose pickles from per-frame detectors (mmaction2's Diving48/FineGym/K400 pickles) list the
+  persons of each frame in detection order: slot 0 can be a different person in every frame.
+  Frame by frame, each present person joins the track whose last box overlaps it most
+  (greedy by IoU, at least `min_iou`); the rest start or take over free tracks.
+
+  Args:
+    keypoints: (T, M, V, 2); score: (T, M, V), 0 for absent joints/persons.
+  Returns:
+    (keypoints, score) with the same shapes, slots permuted per frame.
+  """
+  t, m = score.shape[:2]
+  if m <= 1:
+    return keypoints, score
+  kp_out, sc_out = np.zeros_like(keypoints), np.zeros_like(score)
+  last = np.full((m, 4), np.nan, np.float32)          # last box of each track
+  for i in range(t):
+    boxes = _boxes(keypoints[i], score[i])
+    present = [j for j in range(m) if not np.isnan(boxes[j, 0])]
+    iou = _iou(last, boxes)
+    free_tracks, assign = set(range(m)), {}
+    for k in np.argsort(-iou, axis=None, kind="stable"):
+      trk, det = divmod(int(k), m)
+      if iou[trk, det] < min_iou:
+        break
+      if trk in free_tracks and det in present and det not in assign:
+        assign[det] = trk
+        free_tracks.discard(trk)
+    # Unmatched persons: tracks never used first, then the lost ones, in order.
+    order = sorted(free_tracks, key=lambda k: (not np.isnan(last[k, 0]), k))
+    for det in present:
+      if det not in assign:
+        assign[det] = order.pop(0)
+    for det, trk in assign.items():
+      kp_out[i, trk], sc_out[i, trk] = keypoints[i, det], score[i, det]
+      last[trk] = boxes[det]
+  return kp_out, sc_out
+
+
 def select_persons(score: np.ndarray, max_persons: int) -> np.ndarray:
   """Indices of the `max_persons` persons with the highest mean score.
 

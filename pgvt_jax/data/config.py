@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-POSE_FORMATS = ("coords", "heatmap")
+POSE_FORMATS = ("coords", "heatmap", "heatmap_rgb")
 SAMPLING = ("segments", "fixed_rate")
 
 
@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.train_split = "train"
   c.eval_split = "test"
+  # Optional: evaluated once at the end, for the final and the best/ checkpoint (best/ is
+  # picked on eval_split). With a validation split carved from train, e.g.
+  # train_split="train[:90%]", eval_split="train[90%:]", test_split="test".
+  c.test_split = ""
   # Joint layout (pgvt_jax.skeletons name). "" = read it from the dataset's
   # metadata (key "skeleton").
   c.skeleton = ""
@@ -66,9 +70,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Pose: up to max_persons persons by mean score, J = V * max_persons joints,
   # person-major. Joints with score <= score_threshold are masked.
   c.max_persons = 1
+  # "iou": link each frame's persons into tracks by box IoU before choosing the persons with
+  # the highest mean score over the whole record (detector pickles list persons per frame in
+  # no stable order). "none": use the stored person slots as tracks (tracked data, e.g. NTU).
+  c.person_tracking = "iou"
   c.num_joints = 0         # if > 0: asserted == V * max_persons (model's J)
   c.score_threshold = 0.1
-  c.pose_format = "coords"  # "coords" | "heatmap" (adds batch["pose_heatmap"])
+  c.pose_format = "coords"  # "coords" | "heatmap" | "heatmap_rgb" (both add "pose_heatmap")
   c.heatmap_size = 112     # Hh
   c.heatmap_sigma = 1.2    # Gaussian std in heatmap pixels (PoseC3D: 0.6 @ 56)
 
@@ -76,6 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (AIM: Diving48 1 clip x 3 crops, K400 3 clips x 1 crop).
   c.eval_clips = 1
   c.eval_crops = 3
+  # How a test clip picks its frames: "segment" (one frame per segment, AIM's Diving48 test
+  # with frame_uniform) or "dense" (T_l consecutive frames dense_span / T_l apart, AIM's K400
+  # test: 8 x 16 or 16 x 8 source frames at ~30 fps; spans scale with the stored fps).
+  c.eval_sampling = "segment"
+  c.dense_span = 128.0
+  c.dense_source_fps = 30.0
 
   # Batches: GLOBAL sizes; each host produces global // process_count rows.
   c.train_batch_size = 64
@@ -115,6 +129,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     fail("person_crop_margin", f"must be >= 0, got {cfg.person_crop_margin}")
   if cfg.pose_format not in POSE_FORMATS:
     fail("pose_format", f"{cfg.pose_format!r} is not one of {POSE_FORMATS}")
+  if cfg.get("eval_sampling", "segment") not in ("segment", "dense"):
+    fail("eval_sampling", f"{cfg.eval_sampling!r} is not 'segment' or 'dense'")
   if cfg.eval_crops not in (1, 3):
     fail("eval_crops", f"must be 1 (centre) or 3, got {cfg.eval_crops}")
   if cfg.short_side < 0:

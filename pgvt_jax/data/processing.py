@@ -47,7 +47,7 @@ def example_spec(cfg: ml_collections.ConfigDict, num_joints: int,
       "label": ((), np.int32),
       "video_index": ((), np.int32),
   }
-  if cfg.pose_format == "heatmap":
+  if cfg.pose_format in ("heatmap", "heatmap_rgb"):
     hh = cfg.heatmap_size
     spec["pose_heatmap"] = ((cfg.pose_frames, hh, hh, j), np.float32)
   if eval_rows:
@@ -114,7 +114,16 @@ class ClipProcessor:
     cfg = self.cfg
     clip, crop = divmod(view, cfg.eval_crops)
     frames, kp, score = self._parse(record)
-    vidx, pidx = self._sample(record, frames.count, clip=clip)
+    if cfg.get("eval_sampling", "segment") == "dense":  # AIM's K400 test views
+      # The span (AIM: 8 frames x 16 = 16 x 8 source frames at ~30 fps) scaled to the
+      # stored frame rate.
+      fps = float(np.asarray(record.get("fps", 0.0) or 0.0))
+      rate = fps / cfg.dense_source_fps if fps > 0 else 1.0
+      stride = max(cfg.dense_span / cfg.num_frames * rate, 1e-6)
+      vidx, pidx = sampling.dense_indices(frames.count, cfg.num_frames, cfg.pose_frames,
+                                          stride, clip=clip, num_clips=cfg.eval_clips)
+    else:  # as in training: segments (AIM's Diving48 test, frame_uniform) or a fixed rate
+      vidx, pidx = self._sample(record, frames.count, clip=clip)
     rx, ry, rw, rh = self._region(frames, score, kp)
     x0, y0, w, h = augment.eval_crop_boxes(rh, rw,
                                            cfg.short_side or cfg.image_size,
@@ -181,6 +190,11 @@ class ClipProcessor:
           f"record {vid!r}: keypoints {kp.shape} / keypoint_score "
           f"{score.shape} do not match (T={frames.count}, M, "
           f"V={v} [{self.skeleton.name}], 2) / (T, M, V)")
+    tracking = self.cfg.get("person_tracking", "iou")
+    if tracking == "iou":  # slot m = one person over the clip (untracked pickles)
+      kp, score = augment.link_persons(kp, score)
+    elif tracking != "none":
+      raise ValueError(f"config.data.person_tracking={tracking!r}: expected 'iou' or 'none'")
     return frames, kp, score
 
   def _example(self, record, index, frames, kp, score, vidx, pidx, box, flip):
@@ -204,7 +218,7 @@ class ClipProcessor:
         "label": np.int32(record["label"]),
         "video_index": np.int32(index),
     }
-    if cfg.pose_format == "heatmap":
+    if cfg.pose_format in ("heatmap", "heatmap_rgb"):
       ex["pose_heatmap"] = augment.gaussian_heatmaps(
           pose, mask, cfg.heatmap_size, cfg.heatmap_sigma)
     return ex

@@ -107,3 +107,30 @@ def sample_fixed_rate(num_stored: int, num_frames: int, pose_frames: int,
     return np.clip(np.floor(pos + 1e-6), 0, num_stored - 1).astype(np.int32)
 
   return take(num_frames), take(pose_frames)
+
+
+def dense_indices(num_stored: int, num_frames: int, pose_frames: int, stride: float,
+                  clip: int = 0, num_clips: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Test-time dense sampling (mmaction2 `SampleFrames(test_mode=True)`, AIM's K400 test).
+
+  Clip c of C starts at int(avg / 2 + c * avg), avg = (n - T_l * stride + 1) / C (0 when the
+  video is shorter than one clip), and takes T_l frames `stride` apart; indices past the end
+  wrap around (mmaction2's "loop"). The T_h = k * T_l pose frames are `stride / k` apart from
+  the same start, so pose frames k*i .. k*i+k-1 fall in [video_i, video_i + stride).
+
+  Returns:
+    video_idx (T_l,), pose_idx (T_h,) int32 indices into the n stored frames.
+  """
+  if pose_frames % num_frames:
+    raise ValueError(f"pose_frames={pose_frames} is not a multiple of "
+                     f"num_frames={num_frames}")
+  if num_stored < 1:
+    raise ValueError(f"cannot sample from a video with {num_stored} frames")
+  span = num_frames * stride
+  avg = (num_stored - span + 1) / num_clips
+  start = int(avg / 2 + clip * avg) if num_stored > span - 1 else 0
+  k = pose_frames // num_frames
+  video = start + np.floor(np.arange(num_frames) * stride)
+  pose = start + np.floor(np.arange(pose_frames) * stride / k)
+  return (np.mod(video, num_stored).astype(np.int32),
+          np.mod(pose, num_stored).astype(np.int32))

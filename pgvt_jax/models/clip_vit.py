@@ -113,6 +113,35 @@ def layer_norm(name: str, dtype=None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
 
 
+ATTENTION = "attention"  # the collection recorded attention weights are sown into
+
+
+def attention_weights(q: Array, k: Array, bias: Optional[Array] = None) -> Array:
+  """softmax(Q K^T / sqrt(d) + bias) in float32: q `(B, Lq, H, d)`, k `(B, Lk, H, d)` ->
+  `(B, H, Lq, Lk)`."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def attend(module: nn.Module, q: Array, k: Array, v: Array, bias: Optional[Array] = None,
+           record: Optional[str] = None) -> Array:
+  """Scaled dot-product attention `(B, Lq, H, d)` -> `(B, Lq, H, d)`.
+
+  The fast path is `jax.nn.dot_product_attention` (fused kernels, e.g. cuDNN flash on GPU),
+  which returns no weights. Only when the caller applies the model with
+  `mutable=["attention"]` and names the call (`record`), the weights are computed explicitly
+  and sown, averaged over heads: `module.sow("attention", record, (B, Lq, Lk))`. The two paths
+  agree to float32 rounding (tests/test_visualize.py).
+  """
+  if record is None or not module.is_mutable_collection(ATTENTION):
+    return jax.nn.dot_product_attention(q, k, v, bias=bias)
+  w = attention_weights(q, k, bias)
+  module.sow(ATTENTION, record, w.mean(axis=1))
+  return jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head self-attention over the second-to-last axis.
 
@@ -123,14 +152,15 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: Array, bias: Optional[Array] = None) -> Array:
+  def __call__(self, x: Array, bias: Optional[Array] = None, record: Optional[str] = None
+               ) -> Array:
+    """`record` names this call's weights in the "attention" collection (see `attend`)."""
     *batch, length, width = x.shape
     head_dim = width // self.heads
     dense = lambda name: nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)
     x2 = x.reshape((-1, length, width))
     q, k, v = dense("query")(x2), dense("key")(x2), dense("value")(x2)  # (B', L, H, hd)
-    # jax.nn.dot_product_attention picks fused kernels (cuDNN flash on GPU) when it can.
-    y = jax.nn.dot_product_attention(q, k, v, bias=bias)
+    y = attend(self, q, k, v, bias, record)
     out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(y)
     return out.reshape((*batch, length, width))
 
@@ -166,29 +196,38 @@ class ResidualAttentionBlock(nn.Module):
     self.ln_2 = layer_norm("ln_2")
     self.mlp = Mlp(hidden=cfg.width * cfg.mlp_ratio, activation=cfg.activation, dtype=self.dtype)
 
-  def attention(self, x: Array, bias: Optional[Array] = None) -> Array:
-    return self.attn(self.ln_1(x).astype(self.dtype or x.dtype), bias)
+  def attention(self, x: Array, bias: Optional[Array] = None, record: Optional[str] = None
+                ) -> Array:
+    return self.attn(self.ln_1(x).astype(self.dtype or x.dtype), bias, record)
 
   def feed_forward(self, x: Array) -> Array:
     return self.mlp(self.ln_2(x).astype(self.dtype or x.dtype))
 
   def __call__(self, x: Array) -> Array:
-    x = x + self.attention(x)
+    x = x + self.attention(x, record="spatial")
     return x + self.feed_forward(x)
 
 
-def patch_embed_and_pos(module: nn.Module, cfg: ClipVitConfig, images: Array, dtype=None) -> Array:
+def clip_conv1(cfg: ClipVitConfig, dtype=None) -> nn.Module:
+  """CLIP's patch projection (declare it in a compact method to share it between calls)."""
+  p = cfg.patch_size
+  return nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+                 dtype=dtype, name="conv1")
+
+
+def patch_embed_and_pos(module: nn.Module, cfg: ClipVitConfig, images: Array, dtype=None,
+                        conv: nn.Module | None = None) -> Array:
   """CLIP input layer declared on `module`: conv1 patches, CLS, positional embedding.
 
   images `(B, S, S, 3)` (CLIP-normalised) -> tokens `(B, 1 + g*g, D)`, row-major patch order.
   `ln_pre` is *not* applied: AIM adds its temporal embedding between the two.
+  conv: a `clip_conv1` already declared on `module` (when another input shares it).
   """
-  d, p = cfg.width, cfg.patch_size
+  d = cfg.width
   if images.shape[-3:] != (cfg.image_size, cfg.image_size, 3):
     raise ValueError(f"images have shape {images.shape}; expected (..., {cfg.image_size}, "
                      f"{cfg.image_size}, 3) for this CLIP config")
-  x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dtype,
-              name="conv1")(images)
+  x = (conv or clip_conv1(cfg, dtype))(images)
   x = x.reshape((x.shape[0], -1, d))  # (B, g*g, D), row-major like torch's flatten(2)
   scale = d ** -0.5
   cls = module.param("class_embedding", nn.initializers.normal(scale), (d,))

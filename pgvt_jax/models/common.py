@@ -123,8 +123,9 @@ def clip_unused(config) -> tuple[str, ...]:
   m = ModelConfig.from_config(config)
   unused = ["proj"]
   if not m.streams.video:  # pose_only: no image input layer, no video ln_post
-    unused += ["conv1/kernel", "class_embedding", "positional_embedding",
-               "ln_post/scale", "ln_post/bias"]
+    unused += ["class_embedding", "positional_embedding", "ln_post/scale", "ln_post/bias"]
+    if m.pose_format != "heatmap_rgb":  # heatmap_rgb draws the heatmaps through conv1
+      unused.append("conv1/kernel")
   return tuple(unused)
 
 

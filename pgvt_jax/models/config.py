@@ -31,6 +31,7 @@ import ml_collections
 
 from pgvt_jax.models import clip_vit, timesformer
 from pgvt_jax.models import clip_vit
+from pgvt_jax.models.adapters import DROP_PATH_MODES
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
 
@@ -69,7 +70,7 @@ STREAMS: dict[str, Streams] = {
     "pgvt": Streams(**_BOTH, pose_temporal=True, refine_pose=True, refine_video=True),
 }
 VARIANTS = tuple(STREAMS)
-POSE_FORMATS = ("coords", "heatmap")
+POSE_FORMATS = ("coords", "heatmap", "heatmap_rgb")
 FAMILIES = ("clip", "timesformer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -90,6 +91,7 @@ class ModelConfig:
   joints_per_person: int = 17       # j (COCO-17)
   num_persons: int = 1              # n; the model sees J = j * n joints per frame
   pose_format: str = "coords"       # "coords" (B,T_h,J,2) | "heatmap" (B,T_h,Hh,Hh,J) (Table 6)
+                                    # | "heatmap_rgb" (the same, drawn in RGB, frozen conv1)
   heatmap_size: int = 112           # Hh
   heatmap_patch_size: Optional[int] = None  # None: the backbone's patch size
   pose_embed_hidden: Optional[int] = None   # hidden size of the coordinate MLP; None: width
@@ -97,6 +99,8 @@ class ModelConfig:
   adapter_scale: float = 0.5        # s_P = s_Z of Eq. 5 (AIM's MLP-Adapter scale)
   refine_heads: Optional[int] = None  # heads of the R-Adapter; None: the backbone's (d_k = 64)
   drop_path: float = 0.2            # stochastic depth, linear 0 -> drop_path over blocks
+  drop_path_mode: str = "frame"     # "frame": per clip and frame; "aim": per token position
+                                    # across the batch, as AIM's code (see adapters.DropPath)
   dropout: float = 0.5              # before the linear head
   dtype: str = "float32"            # compute dtype; params stay float32
   remat: bool = False               # rematerialise each block in the backward pass
@@ -140,6 +144,8 @@ class ModelConfig:
       fail("adapter_ratio", "expected 0 < ratio <= 4")
     if not 0 <= self.drop_path < 1:
       fail("drop_path", "expected 0 <= drop_path < 1")
+    if self.drop_path_mode not in DROP_PATH_MODES:
+      fail("drop_path_mode", f"expected one of {list(DROP_PATH_MODES)}")
     if not 0 <= self.dropout < 1:
       fail("dropout", "expected 0 <= dropout < 1")
     if self.family == "timesformer":
@@ -160,6 +166,10 @@ class ModelConfig:
       fail("refine_heads", f"must divide the backbone width {clip.width}")
     if s.pose and self.pose_format == "heatmap" and self.heatmap_size % self.heatmap_patch:
       fail("heatmap_size", f"must be a multiple of the heatmap patch size {self.heatmap_patch}")
+    if (s.pose and self.pose_format == "heatmap_rgb"
+        and self.heatmap_patch != clip.patch_size):
+      fail("heatmap_patch_size", f"pose_format='heatmap_rgb' patchifies with CLIP's conv1: "
+           f"must be None or the backbone's patch size {clip.patch_size}")
 
   def _check_timesformer(self, fail) -> None:
     if self.variant != "video_only":

@@ -10,6 +10,11 @@ Two input forms (Table 6):
   heatmap  batch["pose_heatmap"] (B, T_h, Hh, Hh, J), one channel per joint (PoseC3D style)
            -> a trainable conv patch embedding (kernel = stride = p): N_P = (Hh/p)^2 + 1 tokens.
            pose_mask is not used: a missing joint already has an empty heatmap.
+  heatmap_rgb  the same heatmaps drawn as one RGB image per frame (joint j in a fixed colour,
+           `render_heatmaps_rgb`), CLIP-normalised and patchified by CLIP's FROZEN conv1
+           (shared with the video stream): N_P = (Hh/p)^2 + 1 tokens, p = the backbone's
+           patch size, no trainable projection. The reading of Table 6 that matches the
+           paper's 11M tunable params / 311 GFLOPs.
 Then, as for CLIP's image tokens: a learned CLS token is prepended to every frame, a learned
 positional embedding (N_P, D) marks the joint (or patch), and AIM's temporal embedding (T_h, D),
 zero-initialised, marks the frame.
@@ -21,12 +26,33 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
+from pgvt_jax.models import clip_vit
 from pgvt_jax.models.adapters import trunc_normal
 from pgvt_jax.models.clip_vit import exact_gelu
 
 Array = jax.Array
+
+
+def joint_palette(num_joints: int) -> np.ndarray:
+  """(J, 3) fixed RGB in [0, 1]: joint j at hue j / J, full saturation and value."""
+  hue = np.arange(num_joints) / num_joints
+  k = (np.array([5.0, 3.0, 1.0])[None] + hue[:, None] * 6) % 6   # HSV -> RGB, S = V = 1
+  return np.clip(1 - np.maximum(0, np.minimum(np.minimum(k, 4 - k), 1)), 0, 1).astype(
+      np.float32)
+
+
+def render_heatmaps_rgb(heatmaps: Array) -> Array:
+  """Per-joint heatmaps `(..., H, W, J)` in [0, 1] -> CLIP-normalised RGB `(..., H, W, 3)`.
+
+  Each joint is painted in its palette colour on black; overlaps add and saturate at 1.
+  """
+  rgb = jnp.clip(heatmaps @ jnp.asarray(joint_palette(heatmaps.shape[-1]), heatmaps.dtype),
+                 0.0, 1.0)
+  return (rgb - jnp.asarray(clip_vit.CLIP_MEAN, rgb.dtype)) / jnp.asarray(clip_vit.CLIP_STD,
+                                                                          rgb.dtype)
 
 
 class PoseEmbedding(nn.Module):
@@ -38,6 +64,7 @@ class PoseEmbedding(nn.Module):
   hidden: int = 0             # coordinate MLP hidden size; 0: width
   heatmap_size: int = 112
   patch_size: int = 16
+  frozen_conv: Any = None     # heatmap_rgb: CLIP's conv1 module, declared by the parent
   dtype: Any = None
 
   @nn.compact
@@ -58,9 +85,15 @@ class PoseEmbedding(nn.Module):
     else:
       hm = batch["pose_heatmap"].astype(self.dtype or jnp.float32)  # (B, T_h, Hh, Hh, J)
       b, t = hm.shape[:2]
+      hm = hm.reshape((b * t,) + hm.shape[2:])
       p = self.patch_size
-      x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                  name="patch_embed")(hm.reshape((b * t,) + hm.shape[2:]))
+      if self.pose_format == "heatmap_rgb":
+        if self.frozen_conv is None:
+          raise ValueError("pose_format='heatmap_rgb' needs CLIP's conv1 (frozen_conv)")
+        x = self.frozen_conv(render_heatmaps_rgb(hm).astype(self.dtype or jnp.float32))
+      else:
+        x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    name="patch_embed")(hm)
       x = x.reshape((b, t, -1, d))  # (B, T_h, g*g, D), row-major patches
     b, t, n = x.shape[:3]
     cls = self.param("class_embedding", nn.initializers.normal(d ** -0.5), (d,))

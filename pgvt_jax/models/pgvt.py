@@ -36,7 +36,7 @@ import numpy as np
 from flax import linen as nn
 
 from pgvt_jax.models import clip_vit, pose_maps
-from pgvt_jax.models.adapters import Adapter, RefiningAdapter
+from pgvt_jax.models.adapters import Adapter, DropPath, RefiningAdapter
 from pgvt_jax.models.paab import PAAB
 from pgvt_jax.models.paat import PAATHead
 from pgvt_jax.models.config import ModelConfig
@@ -73,17 +73,17 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
       self.R_Adapter = RefiningAdapter(
           m.pose_frames, m.video_frames, heads=m.refine_heads or self.config.heads,
           refine_pose=s.refine_pose, refine_video=s.refine_video, dtype=self.dtype)
-    # Stochastic depth per (sample, frame), as AIM's DropPath on (B*T)-batched frames.
-    self.drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(2, 3),
-                                rng_collection="drop_path")
+    # Stochastic depth: per (clip, frame) by default, AIM's per token position as an option.
+    self.drop_path = DropPath(self.drop_path_rate, m.drop_path_mode)
 
-  def temporal(self, x: Array, adapter: nn.Module, train: bool) -> Array:
+  def temporal(self, x: Array, adapter: nn.Module, train: bool,
+               record: Optional[str] = None) -> Array:
     """Eq. 1 (and AIM's temporal adaptation): x + Adapter(T-Attn(x)).
 
     T-Attn is the frozen LN + MSA applied along time: for each token position n (CLS
     included) the T frames attend to each other. `(B, T, N, D) -> (B, T, N, D)`.
     """
-    xt = self.attention(jnp.swapaxes(x, 1, 2))           # (B, N, T, D)
+    xt = self.attention(jnp.swapaxes(x, 1, 2), record=record)  # (B, N, T, D)
     xt = jnp.swapaxes(adapter(xt), 1, 2)
     return x + self.drop_path(xt, deterministic=not train)
 
@@ -94,8 +94,8 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
     S-Adapter (with skip): x_P = S_Adapter_pose(S-Attn(P^T)), x_Z = S_Adapter(S-Attn(Z)).
     The R-Adapter (Eq. 2-3) then refines x_P, x_Z across modalities. Eq. 4 adds the block input.
     """
-    x_p = self.S_Adapter_pose(self.attention(p)) if p is not None else None
-    x_z = self.S_Adapter(self.attention(z)) if z is not None else None
+    x_p = self.S_Adapter_pose(self.attention(p, record="pose_spatial")) if p is not None else None
+    x_z = self.S_Adapter(self.attention(z, record="video_spatial")) if z is not None else None
     if self.model.streams.refine:
       x_p, x_z = self.R_Adapter(x_p, x_z)                 # Eq. 2-3
     p = p + x_p if p is not None else None                # Eq. 4: P^S = P^T + P^R
@@ -111,9 +111,9 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
   def __call__(self, p: MaybeArray, z: MaybeArray, train: bool = False):
     s = self.model.streams
     if p is not None and s.pose_temporal:
-      p = self.temporal(p, self.T_Adapter_pose, train)    # Eq. 1: P^T
+      p = self.temporal(p, self.T_Adapter_pose, train, "pose_temporal")  # Eq. 1: P^T
     if z is not None and s.video_temporal:
-      z = self.temporal(z, self.T_Adapter, train)         # AIM only; PGVT has no video T
+      z = self.temporal(z, self.T_Adapter, train, "video_temporal")  # AIM only, not PGVT
     p, z = self.spatial(p, z)                             # Eq. 2-4
     if p is not None:
       p = self.output(p, self.MLP_Adapter_pose, train)    # Eq. 5 top
@@ -143,7 +143,7 @@ def check_batch(m: ModelConfig, batch: Mapping[str, Any], train: bool = True) ->
          f"config.model.joints_per_person x num_persons (J={m.num_joints})")
     if "pose_mask" in batch:
       need("pose_mask", (m.pose_frames, m.num_joints), "config.model.pose_frames and J")
-  if s.pose and m.pose_format == "heatmap":
+  if s.pose and m.pose_format in ("heatmap", "heatmap_rgb"):
     need("pose_heatmap", (m.pose_frames, m.heatmap_size, m.heatmap_size, m.num_joints),
          "config.model.pose_frames, heatmap_size and joints_per_person x num_persons")
   if needs_pose_maps(m, train):
@@ -201,18 +201,22 @@ class PoseVideoTransformer(nn.Module):
     check_batch(m, batch, train)
     ln_pre = clip_vit.layer_norm("ln_pre")  # frozen, applied to both streams' input tokens
     p = z = None
+    # heatmap_rgb: the pose stream's heatmap images go through the video stream's frozen conv1.
+    conv1 = (clip_vit.clip_conv1(clip, dtype)
+             if s.pose and m.pose_format == "heatmap_rgb" else None)
     if s.video:
       frames = batch["frames"].astype(dtype)                         # (B, T_l, S, S, 3)
       b, t = frames.shape[:2]
       z = clip_vit.patch_embed_and_pos(self, clip, frames.reshape((b * t,) + frames.shape[2:]),
-                                       dtype)
+                                       dtype, conv=conv1)
       z = z.reshape((b, t) + z.shape[1:])                            # (B, T_l, N_Z, D)
       temporal = self.param("temporal_embedding", nn.initializers.zeros, (t, clip.width))
       z = ln_pre(z + temporal.astype(z.dtype)[:, None]).astype(dtype)  # AIM: before ln_pre
     if s.pose:
       p = PoseEmbedding(clip.width, m.pose_frames, m.num_joints, m.pose_format,
                         hidden=m.pose_embed_hidden or 0, heatmap_size=m.heatmap_size,
-                        patch_size=m.heatmap_patch, dtype=dtype, name="pose_embed")(batch)
+                        patch_size=m.heatmap_patch, frozen_conv=conv1, dtype=dtype,
+                        name="pose_embed")(batch)
       p = ln_pre(p).astype(dtype)                                    # (B, T_h, N_P, D)
 
     out, maps = {}, None
@@ -289,7 +293,7 @@ def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
   if s.pose and m.pose_format == "coords":
     spec["pose"] = f32(m.pose_frames, m.num_joints, 2)
     spec["pose_mask"] = f32(m.pose_frames, m.num_joints)
-  if s.pose and m.pose_format == "heatmap":
+  if s.pose and m.pose_format in ("heatmap", "heatmap_rgb"):
     spec["pose_heatmap"] = f32(m.pose_frames, m.heatmap_size, m.heatmap_size, m.num_joints)
   if m.pose_aware:  # PAAB/PAAT pose maps (PAAT: training only, but init builds its head)
     spec["pose"] = f32(m.pose_frames, m.num_joints, 2)

@@ -54,6 +54,8 @@ ROWS = (
     PaperRow("4", "(7) PGVT", "configs.ablations.table4:row=7", (), 495, 75),
     PaperRow("6", "Heatmaps (pose only, 48)", "configs.ablations.table6:form=heatmap", (),
              311, 11),
+    PaperRow("6", "Heatmaps, RGB via frozen conv1", "configs.ablations.table6:form=heatmap_rgb",
+             (), 311, 11),
     PaperRow("6", "Coordinates (pose only, 48)", "configs.ablations.table6:form=coords", (),
              108, 11),
 )
