@@ -60,15 +60,21 @@ PEAK_TFLOPS = {
     "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
 }
 
-_CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.")
-_BATCH = flags.DEFINE_integer("batch", 1, "Global batch (clips; inference: videos).")
-_FRAMES = flags.DEFINE_integer("frames", None, "Override config.model.video_frames.")
-_POSE_FRAMES = flags.DEFINE_integer("pose_frames", None, "Override config.model.pose_frames.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "inference", "both"], "What to time.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
-_PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s (default: table/measured).")
-_JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+def _define_flags() -> None:
+  """Flags only when run as a script: importing the harness (tests, notebooks) next to
+  other tools must not define --mode/--json/... twice."""
+  # pylint: disable-next=global-statement
+  global _CONFIG, _BATCH, _FRAMES, _POSE_FRAMES, _MODE, _STEPS, _WARMUP, _PEAK, _JSON
+  _CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.")
+  _BATCH = flags.DEFINE_integer("batch", 1, "Global batch (clips; inference: videos).")
+  _FRAMES = flags.DEFINE_integer("frames", None, "Override config.model.video_frames.")
+  _POSE_FRAMES = flags.DEFINE_integer("pose_frames", None, "Override config.model.pose_frames.")
+  _MODE = flags.DEFINE_enum("mode", "train", ["train", "inference", "both"], "What to time.")
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
+  _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+  _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s (default: table/measured).")
+  _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 
 def synthetic_batch(model_cfg, batch: int, num_classes: int, seed: int = 0) -> dict:
@@ -253,5 +259,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -60,6 +60,9 @@ def resolve(spec: str) -> str:
       f"configs shipped with pgvt_jax: {', '.join(known) or 'none found'}")
 
 
+_HOLDERS: dict[tuple[str, int], flags.FlagHolder] = {}
+
+
 class _ResolvingParser(config_flags.ConfigFileFlagParser):
 
   def parse(self, path):
@@ -71,10 +74,18 @@ def DEFINE_config_file(  # pylint: disable=invalid-name
     help_string: str = "Experiment config file.",
     flag_values: flags.FlagValues = flags.FLAGS, lock_config: bool = False,
     **kwargs) -> flags.FlagHolder:
-  """ml_collections' `DEFINE_config_file` with the lookup of `resolve`."""
+  """ml_collections' `DEFINE_config_file` with the lookup of `resolve`.
+
+  Idempotent per (name, flag_values): several tools that each define `--config` (main,
+  model_stats, the benchmarks) can be imported into one process (tests, notebooks).
+  """
+  key = (name, id(flag_values))
+  if key in _HOLDERS and name in flag_values:
+    return _HOLDERS[key]
   holder = config_flags.DEFINE_config_file(
       name, default, help_string, flag_values=flag_values,
       lock_config=lock_config, **kwargs)
   flag_values[name].parser = _ResolvingParser(name=name,
                                               lock_config=lock_config)
+  _HOLDERS[key] = holder
   return holder

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,14 +31,13 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 
 from pgvt_jax import replace_dir, weights_io
 from pgvt_jax.models import clip_vit
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
 FORMAT_VERSION = 1
-PARAMS_FILE, CONFIG_FILE = "params.safetensors", "config.json"
+PARAMS_FILE, CONFIG_FILE = weights_io.PARAMS_FILE, weights_io.CONFIG_FILE
 
 # (source key, flax path, transform). One source key may feed several paths (fused q|k|v).
 Entry = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray]]
@@ -240,34 +237,20 @@ def convert_state_dict(sd: StateDict, *, activation: Optional[str] = None,
 
 
 # --------------------------------------------------------------------------- save / load
-_OUTPUT_FILES = frozenset({PARAMS_FILE, CONFIG_FILE})
 
 
 def check_replaceable(out: str | os.PathLike, overwrite: bool) -> None:
   """Raises unless `out` is absent, or `overwrite` and `out` is exactly a converter output."""
-  replace_dir.check_replaceable(out, overwrite, _OUTPUT_FILES, "a convert_clip output")
+  replace_dir.check_replaceable(out, overwrite, weights_io.OUTPUT_FILES,
+                                "a convert_clip output")
 
 
 def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dict,
          metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
   """Writes aside and swaps in, so a crash never leaves a partial or missing directory."""
-  out = Path(output_dir)
-  check_replaceable(out, overwrite)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
-    flat = {"/".join(k): np.asarray(v, np.float32)
-            for k, v in traverse_util.flatten_dict(params).items()}
-    safetensors.numpy.save_file(flat, str(tmp / PARAMS_FILE))
-    info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
-    (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    check_replaceable(out, overwrite)  # nothing else appeared there meanwhile
-    replace_dir.swap_into_place(tmp, out)
-  except BaseException:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  info = {"format_version": FORMAT_VERSION, "architecture": cfg.to_dict(), **(metadata or {})}
+  return weights_io.save_converted(output_dir, params, info, overwrite=overwrite,
+                                   what="a convert_clip output")
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:

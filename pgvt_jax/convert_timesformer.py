@@ -31,8 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,14 +39,13 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 
 from pgvt_jax import replace_dir, weights_io
 from pgvt_jax.models import timesformer
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
 FORMAT_VERSION = 1
-PARAMS_FILE, CONFIG_FILE = "params.safetensors", "config.json"
+PARAMS_FILE, CONFIG_FILE = weights_io.PARAMS_FILE, weights_io.CONFIG_FILE
 Entry = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray]]
 
 # Per block: Flax sub-path -> (official name, HF name), each + ".weight"/".bias".
@@ -217,30 +214,14 @@ def convert_state_dict(sd: StateDict, *, heads: Optional[int] = None,
 
 
 # --------------------------------------------------------------------------- save / load
-_OUTPUT_FILES = frozenset({PARAMS_FILE, CONFIG_FILE})
 
 
 def save(output_dir: str | os.PathLike, params: dict, info: dict, *,
          overwrite: bool = False) -> Path:
-  """Writes aside and swaps in (replace_dir), so a crash never leaves a partial or missing
-  directory; `overwrite` only ever replaces a previous convert_timesformer output."""
-  out = Path(output_dir)
-  what = "a convert_timesformer output"
-  replace_dir.check_replaceable(out, overwrite, _OUTPUT_FILES, what)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
-    flat = {"/".join(k): np.ascontiguousarray(v, np.float32)
-            for k, v in traverse_util.flatten_dict(params).items()}
-    safetensors.numpy.save_file(flat, str(tmp / PARAMS_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    replace_dir.check_replaceable(out, overwrite, _OUTPUT_FILES, what)  # still ours
-    replace_dir.swap_into_place(tmp, out)
-  except BaseException:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  """Writes aside and swaps in (weights_io.save_converted): a crash never leaves a partial or
+  missing directory; `overwrite` only ever replaces a previous converter output."""
+  return weights_io.save_converted(output_dir, params, info, overwrite=overwrite,
+                                   what="a convert_timesformer output")
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:
@@ -285,7 +266,7 @@ def load_any(path: str | os.PathLike, *, heads: Optional[int] = None
 def convert(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, *,
             heads: Optional[int] = None, overwrite: bool = False) -> Path:
   """Checkpoint file/dir -> converted directory (see module docstring)."""
-  replace_dir.check_replaceable(output_dir, overwrite, _OUTPUT_FILES,
+  replace_dir.check_replaceable(output_dir, overwrite, weights_io.OUTPUT_FILES,
                                 "a convert_timesformer output")  # fail before the slow part
   sd = weights_io.read_state_dict(checkpoint)
   cfg, params, num_classes = convert_state_dict(

@@ -8,19 +8,28 @@ Order of preference, safest first:
     (`trust_torchscript=True`, `--trust_torchscript` on the CLI).
 Every tensor comes back as float32 numpy (OpenAI weights are mixed fp16/fp32; bf16 is upcast).
 Weights holding NaN/inf are refused (`allow_nonfinite=True` lets them through).
+
+`save_converted` writes a converter's output directory (convert_clip, convert_timesformer):
+`params.safetensors` (flat `a/b/c` keys) + `config.json`, written aside and swapped in.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
+from flax import traverse_util
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
+
+from pgvt_jax import replace_dir
 
 StateDict = dict[str, np.ndarray]
 
@@ -34,8 +43,38 @@ _DIR_CANDIDATES = (
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state")
 
 
+# A converter output directory holds exactly these two files.
+PARAMS_FILE, CONFIG_FILE = "params.safetensors", "config.json"
+OUTPUT_FILES = frozenset({PARAMS_FILE, CONFIG_FILE})
+
+
 class CheckpointError(ValueError):
   """A checkpoint file that cannot be read or does not hold what was expected."""
+
+
+def save_converted(output_dir: str | os.PathLike, params: dict, info: dict, *,
+                   overwrite: bool, what: str) -> Path:
+  """Writes `params` (nested dict) + `info` (config.json) aside, then swaps the directory in.
+
+  A crash never leaves a partial or missing output; `overwrite` only ever replaces a directory
+  holding exactly OUTPUT_FILES (`what` names such an output in the refusal).
+  """
+  out = Path(output_dir)
+  replace_dir.check_replaceable(out, overwrite, OUTPUT_FILES, what)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    flat = {"/".join(k): np.ascontiguousarray(v, np.float32)
+            for k, v in traverse_util.flatten_dict(params).items()}
+    safetensors.numpy.save_file(flat, str(tmp / PARAMS_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    replace_dir.check_replaceable(out, overwrite, OUTPUT_FILES, what)  # nothing else appeared
+    replace_dir.swap_into_place(tmp, out)
+  except BaseException:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -228,7 +228,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path, openai_tiny, monkeypatch
 
   def boom(*a, **k):
     raise OSError("disk full")
-  monkeypatch.setattr(convert_clip.safetensors.numpy, "save_file", boom)
+  monkeypatch.setattr(weights_io.safetensors.numpy, "save_file", boom)
   with pytest.raises(OSError, match="disk full"):
     convert_clip.save(tmp_path / "out", cfg, params)
   assert not (tmp_path / "out").exists()

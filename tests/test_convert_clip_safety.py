@@ -132,7 +132,7 @@ def test_overwrite_swaps_the_new_output_in_before_deleting_the_old(tmp_path, con
     assert convert_clip.load(out)[0].image_size == 96
     real_rmtree(path, *args, **kwargs)
 
-  monkeypatch.setattr(convert_clip.shutil, "rmtree", spy)
+  monkeypatch.setattr(weights_io.shutil, "rmtree", spy)
   convert_clip.convert(src, out, overwrite=True, image_size=96)
   assert removed  # the old output was removed, after the swap
   assert convert_clip.load(out)[0].image_size == 96
@@ -146,7 +146,7 @@ def test_failed_overwrite_keeps_the_old_output(tmp_path, converted, monkeypatch)
   def boom(*a, **k):
     raise OSError("disk full")
 
-  monkeypatch.setattr(convert_clip.safetensors.numpy, "save_file", boom)
+  monkeypatch.setattr(weights_io.safetensors.numpy, "save_file", boom)
   with pytest.raises(OSError, match="disk full"):
     convert_clip.convert(src, out, overwrite=True, image_size=96)
   assert convert_clip.load(out)[0].image_size == 64
