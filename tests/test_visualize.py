@@ -7,6 +7,7 @@ import pytest
 from pgvt_jax import skeletons, visualize
 from pgvt_jax.models import clip_vit, pgvt
 from pgvt_jax.models.config import ModelConfig
+from tests.test_models_variants import random_batch  # one random-batch helper
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -20,17 +21,6 @@ def random_params(model, seed=0, std=0.1):
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(lambda s: (std * rng.normal(size=s.shape)).astype(np.float32),
                                 pgvt.param_shapes(model))
-
-
-def random_batch(m: ModelConfig, seed=0, b=2):
-  rng = np.random.default_rng(seed)
-  batch = {k: rng.uniform(size=v.shape).astype(np.float32)
-           for k, v in pgvt.input_spec(m, b).items()}
-  if "frames" in batch:
-    batch["frames"] = rng.normal(size=batch["frames"].shape).astype(np.float32)
-  if "pose_mask" in batch:
-    batch["pose_mask"] = (batch["pose_mask"] > 0.2).astype(np.float32)
-  return batch
 
 
 @pytest.mark.parametrize("variant", ["pgvt", "video_only", "pose_only"])
