@@ -152,9 +152,12 @@ class Checkpointer:
     if self._unsealed:
       self._seal()
 
-  def save(self, step: int, state: Any, data_iter: Optional[grain.DatasetIterator],
+  def save(self, step: int, state: Any, data_iter: Optional[Any],
            meta: dict, *, force: bool = False) -> bool:
     """Async save of state + iterator; returns whether a save was started.
+
+    `data_iter`: a grain DatasetIterator, or a frozen state with `get_state()` (the training
+    loop passes `DevicePrefetcher.consumed_state()`: the position of the batches consumed).
 
     Refuses (FloatingPointError) a state with NaN/inf leaves: a kept checkpoint is always finite.
     """

@@ -7,7 +7,8 @@ metrics. `evaluate(config, workdir)` evaluates the best (else latest) checkpoint
 
 Reliability (docs/reliability.md): the config is validated and the workdir locked before
 anything compiles; a resume names every changed config field; a non-finite state is never
-saved; SIGTERM saves and the CLI then exits with PREEMPTED_EXIT_CODE (143).
+saved; SIGTERM saves and the CLI then exits with PREEMPTED_EXIT_CODE (143). The next batches
+are read and put on device by a background thread during the step (config.data.device_prefetch).
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
     logging.info("Already trained %d/%d steps; evaluating.", start, total)
 
   # ---------------------------------------------------------------- loop
+  # Reads and stages the next batches on device while the step runs; checkpoints save the
+  # iterator position of the batches consumed, not of those staged ahead (data/prefetch.py).
+  batches = data.DevicePrefetcher(train_iter, exp.batch_sharding,
+                                  depth=cfg.data.get("device_prefetch", 0), limit=total - start)
   previous = signal.signal(signal.SIGTERM, _on_sigterm)
   pending: list = []
   last_metrics: dict = {}
@@ -165,7 +170,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
   step = start
   try:
     while step < total:
-      batch = data.to_global(dict(next(train_iter)), exp.batch_sharding)
+      batch = next(batches)
       state, metrics = exp.train_step(state, exp.frozen, batch)
       step += 1
       pending.append((step, metrics))
@@ -184,7 +189,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
         if not checkpointing.all_finite(state):  # the update itself overflowed
           raise _diverged(f"the parameters/optimizer state became non-finite at step {step} "
                           "(the loss before the update was finite)", ckpt)
-        ckpt.save(step, state, train_iter, exp.meta, force=True)
+        ckpt.save(step, state, batches.consumed_state(), exp.meta, force=True)
       if preempted:
         logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
         ckpt.wait()
@@ -198,6 +203,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
     if run_evals and not last_metrics:  # resumed after the end: evaluate the checkpoint
       last_metrics = run_eval(exp, state["params"], exp.frozen, save_dir=workdir)
   finally:
+    batches.close()
     bar.close()
     signal.signal(signal.SIGTERM, previous)
     ckpt.close()

@@ -37,7 +37,8 @@ SHAPE_FIELDS = ("model.", "freeze_backbone", "clip_dir", "optim.optimizer", "opt
 # Bookkeeping that does not change what is trained: free to change on resume.
 FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                "async_checkpoints", "restore_step", "allow_config_changes", "best_metric",
-               "mesh.", "data.num_threads", "data.prefetch", "data.eval_batch_size",
+               "mesh.", "data.num_threads", "data.prefetch", "data.device_prefetch",
+               "data.eval_batch_size",
                "data.builder_dir", "synthetic_data.data_dir")
 
 

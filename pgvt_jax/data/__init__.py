@@ -4,6 +4,8 @@ Typical use in a trainer (`cfg` = `config.data`, see `get_config()`):
 
   train_it = data.make_train_iterator(cfg)          # per-host, infinite
   batch = data.to_global(next(train_it), sharding)   # global jax.Arrays
+  # or, staging batches on device during the step (checkpoint consumed_state()):
+  # batches = data.DevicePrefetcher(train_it, sharding, depth=2)
   ...
   eval_it, info = data.make_eval_iterator(cfg)      # one pass, padded
   for batch in eval_it: ...                          # rows with valid=False
@@ -39,12 +41,13 @@ from pgvt_jax.data.config import get_config, validate
 from pgvt_jax.data.pipeline import (EvalInfo, batch_spec, eval_dataset,
                                     make_eval_iterator, make_train_iterator,
                                     train_dataset)
+from pgvt_jax.data.prefetch import DevicePrefetcher
 from pgvt_jax.data.processing import ClipProcessor, example_spec
 from pgvt_jax.data.sharding import batch_sharding, to_global
 from pgvt_jax.data.sources import RecordsNotFoundError, Source, open_source
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "EvalInfo", "RecordsNotFoundError", "Source",
+    "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "DevicePrefetcher", "EvalInfo", "RecordsNotFoundError", "Source",
     "batch_sharding", "batch_spec", "eval_dataset", "example_spec",
     "get_config", "make_eval_iterator", "make_train_iterator", "open_source",
     "to_global", "train_dataset", "validate",

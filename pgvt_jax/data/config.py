@@ -100,10 +100,13 @@ def get_config() -> ml_collections.ConfigDict:
   # num_threads: threads per process that read, decode and augment (PIL and
   # numpy release the GIL, so threads scale; 0 = in the calling thread).
   # num_workers: grain worker processes (0 = none, all in this process).
-  # prefetch: batches buffered ahead per process.
+  # prefetch: batches buffered ahead per process (grain's read-ahead).
+  # device_prefetch: global batches the trainer stages on device ahead of the
+  # step, in a background thread (pgvt_jax.data.prefetch; 0 = off).
   c.num_workers = 0
   c.num_threads = 2
   c.prefetch = 2
+  c.device_prefetch = 2
   return c
 
 
@@ -152,6 +155,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     fail("heatmap_sigma", f"must be > 0, got {cfg.heatmap_sigma}")
   if cfg.num_workers < 0 or cfg.num_threads < 0 or cfg.prefetch < 0:
     fail("num_workers", "num_workers, num_threads, prefetch must be >= 0")
+  if cfg.get("device_prefetch", 0) < 0:
+    fail("device_prefetch", f"must be >= 0 (0 = off), got {cfg.device_prefetch}")
 
 
 def pixel_stats(cfg: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
