@@ -106,8 +106,9 @@ def person_box(kp: np.ndarray, score: np.ndarray, height: int, width: int,
 def crop_resize(image: Image.Image, box: Box, size: int) -> np.ndarray:
   """(size, size, 3) uint8: the box resampled bilinearly (antialiased)."""
   x0, y0, w, h = box
-  out = image.convert("RGB").resize((size, size), Image.BILINEAR,
-                                    box=(x0, y0, x0 + w, y0 + h))
+  if image.mode != "RGB":  # convert() copies even an RGB image
+    image = image.convert("RGB")
+  out = image.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + w, y0 + h))
   return np.asarray(out)
 
 
