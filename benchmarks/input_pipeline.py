@@ -11,6 +11,18 @@ record holds `--frames` stored frames (Diving48's median is 144).
 
   python benchmarks/input_pipeline.py                 # all settings
   python benchmarks/input_pipeline.py --records=8 --batches=4   # quick
+
+With --config, times that config's own training pipeline (its frame counts,
+image size, crops, pose format, batch size) with one thread, on records of
+the config's shape: the built-in synthetic dataset (its generator, fewer
+clips) when the config uses it, else the records above (Diving48's shape):
+
+  python benchmarks/input_pipeline.py --config=configs/demo.py
+  python benchmarks/input_pipeline.py --config=configs/diving48.py --records=16
+
+"clips per CPU-second" is what to compare with the train step's clips/s
+(benchmarks/train_step.py): ratio >= 2 means one core of input feeds the
+step twice over.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
 from data_prep import records
-from pgvt_jax import data
+from pgvt_jax import config_files, data
 
 REALDATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
@@ -132,7 +144,9 @@ def _time(iterator, batches: int, batch_size: int,
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--records", type=int, default=48)
+  p.add_argument("--records", type=int, default=None,
+                 help="records to write (default 48; with --config and the "
+                      "synthetic dataset: the config's num_train)")
   p.add_argument("--frames", type=int, default=144)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--batches", type=int, default=8)
@@ -140,8 +154,19 @@ def main():
                  help="threads/workers for the parallel settings "
                       "(default: all CPU cores)")
   p.add_argument("--json", default="", help="also write the results here")
+  p.add_argument("--config", default="",
+                 help="time this experiment config's training pipeline only "
+                      "(e.g. configs/demo.py, configs/diving48.py:vit_l14)")
+  p.add_argument("--threads", type=int, default=1,
+                 help="with --config: grain threads (1 = the per-core rate)")
   args = p.parse_args()
+  if args.config:
+    result = measure_config(args)
+    if args.json:
+      pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+    return
 
+  args.records = args.records or 48
   BenchRecords.NUM_RECORDS, BenchRecords.NUM_FRAMES = args.records, args.frames
   with tempfile.TemporaryDirectory(prefix="pgvt_bench_") as tmp:
     start = time.perf_counter()
@@ -195,6 +220,61 @@ def _measure(args, builder_dir: str) -> tuple[list[dict], int]:
                         clips_per_cpu_second=per_cpu_s))
     print(f"{name:36s} {rate:8.1f} {rate / used:9.1f} {per_cpu_s:9.1f}")
   return results, cores
+
+
+def load_config(spec: str):
+  """An experiment config from 'configs/x.py[:arg]' (as `--config` of main)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = config_files.resolve(spec).partition(":")
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def measure_config(args) -> dict:
+  """Clips/s and clips per CPU-second of `args.config`'s training pipeline."""
+  config = load_config(args.config)
+  cfg = config.data
+  with tempfile.TemporaryDirectory(prefix="pgvt_bench_") as tmp:
+    syn = config.get("synthetic_data")
+    start = time.perf_counter()
+    if syn and syn.get("enabled", False):
+      args.records = args.records or syn.num_train
+      from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+      builder_dir = synthetic.build(
+          tmp, num_train=args.records, num_test=4, num_classes=syn.num_classes,
+          num_frames=syn.num_frames, image_size=syn.image_size, seed=syn.seed,
+          num_workers=1, class_set=syn.get("class_set", "fine"))
+      what = (f"{args.records} synthetic clips x {syn.num_frames} frames at "
+              f"{syn.image_size} px (data_prep/synthetic.py)")
+    else:
+      args.records = args.records or 48
+      BenchRecords.NUM_RECORDS, BenchRecords.NUM_FRAMES = args.records, args.frames
+      builder = BenchRecords(data_dir=tmp, file_format="array_record")
+      builder.download_and_prepare()
+      builder_dir = builder.data_dir
+      what = (f"{args.records} records x {args.frames} JPEG frames, short side 256, "
+              "COCO-17 keypoints")
+    print(f"wrote {what} in {time.perf_counter() - start:.1f}s")
+    cfg.update(dict(builder_dir=str(builder_dir), name="", train_split="train",
+                    num_threads=args.threads, num_workers=0))
+    batch = cfg.train_batch_size
+    it = data.make_train_iterator(cfg, process_index=0, process_count=1)
+    rate, per_cpu_s = _time(it, args.batches, batch, warmup=2)
+    if hasattr(it, "close"):
+      it.close()
+  result = dict(config=args.config, records=what, batch=batch, threads=args.threads,
+                batches=args.batches, num_frames=cfg.num_frames,
+                pose_frames=cfg.pose_frames, image_size=cfg.image_size,
+                pose_format=cfg.pose_format, clips_per_s=rate,
+                clips_per_cpu_second=per_cpu_s, load_average=os.getloadavg())
+  print(f"{args.config}: train pipeline ({cfg.num_frames} frames at "
+        f"{cfg.image_size} px + {cfg.pose_frames} pose frames, {cfg.pose_format}, "
+        f"batch {batch}, {args.threads} thread(s)): {rate:.1f} clips/s, "
+        f"{per_cpu_s:.1f} clips per CPU-second (load average "
+        f"{os.getloadavg()[0]:.1f})")
+  return result
 
 
 def _cycle(cfg):

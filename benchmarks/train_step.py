@@ -20,6 +20,9 @@ Printed / written (--json) fields, per mode:
   peak_flops_per_s  GPU/TPU: the device's dense peak for --dtype (table below or
                     --peak_tflops); CPU: a float32 matmul this harness times now
   peak_memory_bytes device peak_bytes_in_use (GPU/TPU); CPU: the process's peak RSS
+  rss_after_compile_bytes, peak_rss_after_compile_bytes  CPU: resident and peak RSS once the
+                    (first) step is compiled, before it runs (how much of the peak is compiling)
+  rss_after_steps_bytes  CPU: resident RSS after the timed steps (what the allocator kept)
   minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
@@ -127,6 +130,16 @@ def peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
+def rss_bytes() -> tuple[int, int]:
+  """(current RSS, peak RSS) of this process in bytes (Linux; (0, peak) elsewhere)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), peak
+  except OSError:
+    return 0, peak
+
+
 def hlo_flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
@@ -180,7 +193,8 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
       "config": config.model.to_dict(), "batch": batch, "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
       "jax_version": jax.__version__, "peak_flops_per_s": peak_flops, "peak_source": peak_source,
-      "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1"}
+      "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1",
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   results = {}
   if mode in ("train", "both"):
     host = synthetic_batch(config.model, batch, config.model.num_classes)
@@ -193,6 +207,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     t = time.perf_counter()
     compiled = jitted.lower(state, frozen, glob).compile()
     compile_s = time.perf_counter() - t
+    rss_compiled = rss_bytes()
     holder = [state]
 
     def run():
@@ -201,6 +216,9 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
 
     results["train"] = _summarise(time_steps(run, n_steps, warmup), batch, compile_s,
                                   model_flops, hlo_flops(compiled), peak_flops)
+    results["train"].update(rss_after_compile_bytes=rss_compiled[0],
+                            peak_rss_after_compile_bytes=rss_compiled[1],
+                            rss_after_steps_bytes=rss_bytes()[0])
   if mode in ("inference", "both"):
     views = config.data.eval_clips * config.data.eval_crops
     host = synthetic_batch(config.model, batch * views, config.model.num_classes)
