@@ -10,7 +10,8 @@ order given, so every variant sees the same load); the table gives per variant t
 over rounds of step time, minor faults and system time per step, peak RSS, and the RSS once
 compiled. Variants (`--variants`, comma-separated names from VARIANTS):
   none     no tunables (PGVT_JAX_MALLOC_TUNING=0): glibc's defaults
-  default  what pgvt_jax.main / the benchmarks set (pgvt_jax.malloc_tuning.TUNABLES)
+  default  what pgvt_jax.main / the benchmarks set (pgvt_jax.malloc_tuning.TUNABLES, now
+           the same as "thp")
   others   the GLIBC_TUNABLES string given in VARIANTS
 """
 
@@ -31,6 +32,9 @@ _MMAP_MAX_THRESHOLD = 32 << 20  # glibc's largest mmap_threshold on 64-bit (HEAP
 VARIANTS = {
     "none": None,
     "default": malloc_tuning.TUNABLES,
+    # pgvt_jax's first default: keep freed memory (one arena, never mmap, never trim).
+    "arena1_nommap_trim": ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                           f"glibc.malloc.trim_threshold={_NEVER}"),
     "mmap32": (f"glibc.malloc.mmap_threshold={_MMAP_MAX_THRESHOLD}:"
                f"glibc.malloc.trim_threshold={_NEVER}"),
     "arena2_nommap_trim": ("glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:"
@@ -67,7 +71,7 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=6)
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--rounds", type=int, default=2)
-  p.add_argument("--variants", default="none,default,thp,arena2_nommap_trim")
+  p.add_argument("--variants", default="none,thp,arena1_nommap_trim,arena2_nommap_trim")
   p.add_argument("--json", default="", help="also write every run's results here")
   args = p.parse_args()
   names = args.variants.split(",")

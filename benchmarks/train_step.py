@@ -26,7 +26,8 @@ Printed / written (--json) fields, per mode:
   minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
-`pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them.
+`pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them, and
+`python -m benchmarks.malloc_ab` compares malloc settings interleaved.
 """
 
 from __future__ import annotations
