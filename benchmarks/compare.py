@@ -8,8 +8,9 @@ config, batch, frames, steps, precision, environment), so load changes hit both 
 the per-round rows show the spread. Prints a Markdown table ready for benchmarks/RESULTS.md:
 step time median (min-max) per side, the JAX/PyTorch time ratio (< 1: JAX faster), the same
 for the forward (--mode=both: multi-view inference), peak RSS (each process's peak over all
-it timed) and minor faults per train step, with the 1-minute load average when each process
-started. This process imports neither JAX nor torch.
+it timed), minor faults and CPU seconds (user + system, all threads) per train step, with the
+1-minute load average when each process started. Under load, CPU s per step moves less than
+wall time (though spinning thread pools count too). This process imports neither JAX nor torch.
 """
 
 from __future__ import annotations
@@ -86,11 +87,15 @@ def markdown(rounds: list[dict], args: argparse.Namespace) -> str:
   m = j0["config"]
   gib = lambda r: f"{r['peak_memory_bytes'] / 2**30:.2f}"
   faults = lambda r: f"{r['train']['minor_faults_per_step']:,.0f}" if "train" in r else "-"
+  cpu = lambda r: (f"{r['train']['user_s_per_step'] + r['train']['system_s_per_step']:.1f}"
+                   if "train" in r else "-")
   fmt = lambda x: "-" if x is None else f"{x:.2f}"
   lines = [
       f"`python -m benchmarks.compare --config={args.config} --batch={args.batch}"
       + (f" --frames={args.frames}" if args.frames else "")
-      + f" --mode={args.mode} --rounds={args.rounds} --steps={args.steps}`",
+      + f" --mode={args.mode} --rounds={args.rounds} --steps={args.steps}"
+      f" --warmup={args.warmup}"
+      + ("" if args.torch_malloc_tuning else " --torch_malloc_tuning=0") + "`",
       "",
       f"{m['variant']} ViT-{m['backbone']} {m['image_size']} px, {m['video_frames']} frames, "
       f"batch {args.batch}, {m.get('dtype', 'float32')}; {platform.machine()} "
@@ -101,8 +106,8 @@ def markdown(rounds: list[dict], args: argparse.Namespace) -> str:
       "",
       "| round | load at start (jax / torch) | JAX train step s | PyTorch train step s "
       "| ratio | JAX forward s | PyTorch forward s | ratio | peak RSS GiB (jax / torch) "
-      "| faults / train step (jax / torch) |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+      "| faults / train step (jax / torch) | CPU s / train step (jax / torch) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for i, r in enumerate(rounds):
     j, t = r["jax"], r["torch"]
     lines.append(
@@ -110,13 +115,13 @@ def markdown(rounds: list[dict], args: argparse.Namespace) -> str:
         f"| {_cell(j, 'train')} | {_cell(t, 'train')} | {fmt(_ratio(j, t, 'train'))} "
         f"| {_cell(j, 'inference')} | {_cell(t, 'inference')} "
         f"| {fmt(_ratio(j, t, 'inference'))} | {gib(j)} / {gib(t)} "
-        f"| {faults(j)} / {faults(t)} |")
+        f"| {faults(j)} / {faults(t)} | {cpu(j)} / {cpu(t)} |")
   s = summary(rounds)
   med = lambda k: fmt(s.get(k))
   lines.append(
       f"| median | | {med('jax_train_s')} | {med('torch_train_s')} | **{med('train_ratio')}** "
       f"| {med('jax_inference_s')} | {med('torch_inference_s')} "
-      f"| **{med('inference_ratio')}** | {med('jax_rss_gib')} / {med('torch_rss_gib')} | |")
+      f"| **{med('inference_ratio')}** | {med('jax_rss_gib')} / {med('torch_rss_gib')} | | |")
   return "\n".join(lines)
 
 
