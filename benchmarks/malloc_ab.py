@@ -11,7 +11,7 @@ over rounds of step time, minor faults and system time per step, peak RSS, and t
 compiled. Variants (`--variants`, comma-separated names from VARIANTS):
   none     no tunables (PGVT_JAX_MALLOC_TUNING=0): glibc's defaults
   default  what pgvt_jax.main / the benchmarks set (pgvt_jax.malloc_tuning.TUNABLES, now
-           the same as "thp")
+           the same as "arena2_nommap_trim")
   others   the GLIBC_TUNABLES string given in VARIANTS
 """
 

@@ -11,9 +11,9 @@ evaluate); 143 preempted by SIGTERM after saving a checkpoint (rerun to resume).
 --multiprocess (on TPU pods and SLURM/GPU clusters jax.distributed finds its peers itself) or
 --coordinator_address/--num_processes/--process_id explicitly.
 
-On Linux/glibc the process re-execs itself once with a malloc tunable that backs XLA:CPU's
-per-step scratch with transparent huge pages, so it faults in 512x fewer pages each step
-(pgvt_jax/malloc_tuning.py; PGVT_JAX_MALLOC_TUNING=0 opts out).
+On Linux/glibc the process re-execs itself once with malloc tunables that keep XLA:CPU's
+per-step scratch memory mapped between steps (pgvt_jax/malloc_tuning.py;
+PGVT_JAX_MALLOC_TUNING=0 opts out).
 """
 
 import logging as logging_std
@@ -21,7 +21,7 @@ import sys
 
 from pgvt_jax import malloc_tuning
 
-if __name__ == "__main__":  # before JAX starts: huge pages for XLA:CPU's per-step scratch
+if __name__ == "__main__":  # before JAX starts: keep XLA:CPU's per-step scratch mapped
   malloc_tuning.reexec_with_tunables()
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -1,27 +1,27 @@
-"""Cheaper per-step scratch memory on CPU: a glibc malloc tunable, set by re-exec'ing once at start.
+"""Fewer page faults for XLA:CPU's per-step scratch: glibc malloc tunables, set by re-exec at start.
 
 XLA:CPU allocates each step's scratch buffers with malloc and frees them at the end of the
 step. glibc serves such large blocks with fresh `mmap`s and unmaps them on free, so every step
-page-faults gigabytes in again, 4 KiB at a time (0.6M minor faults per step at ViT-B/16 8 frames
-batch 1; half of a 16-frame batch-2 step was system time).
+page-faults gigabytes in again (595k minor faults and 2 s of system time per step at ViT-B/16
+video_only 8 frames batch 1, measured).
 
-TUNABLES asks glibc to back its mmapped blocks with transparent huge pages
-(`glibc.malloc.hugetlb=1`: madvise(MADV_HUGEPAGE), glibc >= 2.35): the scratch still comes and
-goes each step, so peak and steady RSS stay what they are without tuning, but it faults in 2 MiB
-at a time (measured: 67,900 -> ~500 faults per step at Ti/8, benchmarks/NOTES.md entry 1).
-Keeping freed memory instead (one arena, no mmap, no trimming: this module's first version)
-removed more faults but grew RSS by fragmentation, 0.9 -> 1.9 GiB at Ti/8 and still growing.
+TUNABLES: at most two arenas, no mmap for large blocks, no trimming. The scratch then comes
+from malloc's heap and stays there between steps: at B/16 8f b1, 0 faults and 0.03 s of system
+time per step, peak RSS 3.72 vs 3.61 GiB untuned (benchmarks/NOTES.md entry 1, measured A/B).
+Why two arenas, not one (this module's first setting): with a single arena every thread's small
+allocations share the heap with the scratch, fragment it, and the heap grew step after step
+(Ti/8: RSS 0.85 -> 1.86 GiB over 25 steps; B/16 peak 5.93 GiB). Transparent huge pages
+(`glibc.malloc.hugetlb=1`) kept RSS untuned but cost more system time at B/16 here.
 
 glibc reads GLIBC_TUNABLES only at process start, so `reexec_with_tunables()` re-executes
 the current command line once with them set. It does nothing when:
   * the marker variable PGVT_JAX_MALLOC_TUNING is set (it is, after the re-exec: never loops;
     set it to 0 to opt out);
   * the user set GLIBC_TUNABLES or any MALLOC_* variable (their choice wins);
-  * the C library is not glibc, the platform is not Linux, or transparent huge pages are
-    disabled (/sys/kernel/mm/transparent_hugepage/enabled says [never]): nothing to gain.
+  * the C library is not glibc, or the platform is not Linux.
 
-Users embedding the library (notebooks, own scripts) on a CPU start Python with
-  GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+Users embedding the library (notebooks, own scripts) on a CPU start Python (or Jupyter) with
+  GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4611686018427387904
 (the value of TUNABLES) to get the same effect; on GPU/TPU it does not matter.
 """
 
@@ -32,34 +32,22 @@ import platform
 import sys
 
 MARKER = "PGVT_JAX_MALLOC_TUNING"
-# Transparent huge pages for malloc's mmapped blocks (and its heap).
-TUNABLES = "glibc.malloc.hugetlb=1"
-THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+# Two arenas (one is the sbrk heap), never mmap a block, never give the top of a heap back
+# (2**62 bytes: "never").
+TUNABLES = ("glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:"
+            f"glibc.malloc.trim_threshold={2**62}")
 
 
 def _user_set_allocator(environ) -> bool:
   return "GLIBC_TUNABLES" in environ or any(k.startswith("MALLOC_") for k in environ)
 
 
-def thp_mode(path: str = THP_ENABLED) -> str:
-  """The kernel's transparent-huge-page mode ("always", "madvise", "never"; "" unknown)."""
-  try:
-    with open(path) as f:
-      text = f.read()
-  except OSError:
-    return ""
-  start, end = text.find("["), text.find("]")
-  return text[start + 1:end] if 0 <= start < end else ""
-
-
-def should_reexec(environ=None, thp: str | None = None) -> bool:
+def should_reexec(environ=None) -> bool:
   """True when this process should re-exec itself with TUNABLES (see the module docstring)."""
   environ = os.environ if environ is None else environ
   if MARKER in environ or _user_set_allocator(environ):
     return False
-  if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
-    return False
-  return (thp_mode() if thp is None else thp) != "never"
+  return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
 def reexec_with_tunables() -> None:
