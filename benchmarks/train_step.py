@@ -20,6 +20,8 @@ Printed / written (--json) fields, per mode:
   peak_flops_per_s  GPU/TPU: the device's dense peak for --dtype (table below or
                     --peak_tflops); CPU: a float32 matmul this harness times now
   peak_memory_bytes device peak_bytes_in_use (GPU/TPU); CPU: the process's peak RSS
+  temp_bytes        the compiled step's scratch (memory_analysis temp_size_in_bytes):
+                    XLA's buffer plan, deterministic and load-free (remat policies)
   minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
@@ -48,6 +50,7 @@ import numpy as np
 
 from pgvt_jax import config_files, optim, partitioning, steps
 from pgvt_jax.models import common, pgvt
+from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
 
 # Dense peak TFLOP/s per chip by device_kind substring (vendor datasheets, no sparsity).
@@ -113,6 +116,19 @@ def device_peak(dtype: str, override_tflops: float | None) -> tuple[float, str]:
   return float("nan"), f"unknown device {dev.device_kind!r}: pass --peak_tflops"
 
 
+def compute_dtype_name(config) -> str:
+  """config.model.dtype with "auto" resolved on this backend ("float32", "bfloat16", ...)."""
+  return str(jnp.dtype(ModelConfig.from_config(config.model).compute_dtype))
+
+
+def temp_bytes(compiled) -> int:
+  """The compiled program's scratch allocation (XLA buffer assignment), -1 if not reported."""
+  try:
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return -1
+
+
 def _timed(fn) -> float:
   t = time.perf_counter()
   fn()
@@ -174,7 +190,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
   """Times the train step and/or the multi-view inference step of `config` (see docstring)."""
   model, mesh, trainable, frozen, tx, schedule = setup(config, batch)
   batch_sh = partitioning.batch_sharding(mesh)
-  dtype = str(config.model.get("dtype", "float32"))
+  dtype = compute_dtype_name(config)
   peak_flops, peak_source = peak or device_peak(dtype, None)
   common_fields = {
       "config": config.model.to_dict(), "batch": batch, "backend": jax.default_backend(),
@@ -201,6 +217,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
 
     results["train"] = _summarise(time_steps(run, n_steps, warmup), batch, compile_s,
                                   model_flops, hlo_flops(compiled), peak_flops)
+    results["train"]["temp_bytes"] = temp_bytes(compiled)
   if mode in ("inference", "both"):
     views = config.data.eval_clips * config.data.eval_crops
     host = synthetic_batch(config.model, batch * views, config.model.num_classes)
@@ -213,6 +230,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     run = lambda: jax.block_until_ready(compiled(trainable, frozen, glob))
     r = _summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
                    hlo_flops(compiled), peak_flops)
+    r["temp_bytes"] = temp_bytes(compiled)
     r.update(views_per_video=views, views_per_s=batch * views / r["step_s"])
     results["inference"] = r
   mem, mem_source = peak_memory_bytes()
@@ -235,12 +253,13 @@ def main(argv):
     config.model.video_frames = _FRAMES.value
   if _POSE_FRAMES.value:
     config.model.pose_frames = _POSE_FRAMES.value
-  dtype = str(config.model.get("dtype", "float32"))
+  dtype = compute_dtype_name(config)
   r = benchmark(config, batch=_BATCH.value, mode=_MODE.value, n_steps=_STEPS.value,
                 warmup=_WARMUP.value, peak=device_peak(dtype, _PEAK.value))
   m = r["config"]
   print(f"{m['variant']} ViT-{m['backbone']} {m['image_size']}px video {m['video_frames']}f "
-        f"pose {m['pose_frames']}f batch {r['batch']} on {r['device_count']}x "
+        f"pose {m['pose_frames']}f batch {r['batch']} {dtype} remat={m['remat']} "
+        f"attention={m['attention_impl']} on {r['device_count']}x "
         f"{r['device_kind']} (jax {r['jax_version']}, malloc tuned: {r['malloc_tuned']})")
   print(f"  peak {r['peak_flops_per_s'] / 1e12:.3f} TFLOP/s ({r['peak_source']}); peak memory "
         f"{r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['peak_memory_source']})")
@@ -251,7 +270,7 @@ def main(argv):
             f"(min {s['step_s_min']:.4f}, max {s['step_s_max']:.4f}, n={s['timed_steps']})  "
             f"{s['clips_per_s']:.2f} clips/s  {s['flops_per_s'] / 1e12:.3f} TFLOP/s  "
             f"MFU {100 * s['mfu']:.1f}%  faults/step {s['minor_faults_per_step']:.0f}  "
-            f"sys {s['system_s_per_step']:.3f} s/step")
+            f"sys {s['system_s_per_step']:.3f} s/step  temp {s['temp_bytes'] / 2**30:.3f} GiB")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(r, f, indent=1, default=str)
