@@ -121,7 +121,8 @@ class PAAB(nn.Module):
     """Unmasked temporal attention (Eq. 2 alpha^time) of each patch position over T frames."""
     xt = jnp.swapaxes(patches, 1, 2)                                   # (B, N, T, D)
     b, n, t, d = xt.shape
-    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="temporal_attn")(
+    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl,
+                            name="temporal_attn")(
         self._ln("temporal_norm", xt).reshape(b * n, t, d))
     y = nn.Dense(d, kernel_init=trunc_normal_init(), dtype=self.dtype, name="temporal_fc")(y)
     (y,) = self._drop(train, jnp.swapaxes(y.reshape(b, n, t, d), 1, 2))
@@ -137,7 +138,8 @@ class PAAB(nn.Module):
     cls_t = jnp.broadcast_to(cls[:, :, None], (b, t, 1, d))           # C == 1: one copy/frame
     seq = jnp.concatenate([cls_t, patches], axis=2).reshape(b * t, n + 1, d)
     keys = jnp.concatenate([jnp.ones((b, t, 1), bool), pose], axis=2).reshape(b * t, n + 1)
-    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(self._ln("ln_1", seq), keys)
+    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
+        self._ln("ln_1", seq), keys)
     y = y.reshape(b, t, n + 1, d)
     y_cls = y[:, :, 0]
     if cls.shape[1] == 1:
@@ -150,7 +152,8 @@ class PAAB(nn.Module):
     c = cls.shape[1]
     seq = jnp.concatenate([cls, patches.reshape(b, t * n, d)], axis=1)
     keys = jnp.concatenate([jnp.ones((b, c), bool), pose.reshape(b, t * n)], axis=1)
-    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(self._ln("ln_1", seq), keys)
+    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
+        self._ln("ln_1", seq), keys)
     return y[:, :c], y[:, c:].reshape(b, t, n, d)
 
   @nn.compact
