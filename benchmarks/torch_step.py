@@ -14,6 +14,7 @@ Fields are the JAX harness's (benchmarks/train_step.py), with these meanings for
   model_flops  the JAX jaxpr count of the same config, step and batch (so MFU compares)
   hlo_flops    torch's own count (torch.utils.flop_counter.FlopCounterMode, matmul/conv/SDPA)
   peak_flops_per_s  CPU: a float32 2048^3 torch.mm timed in the child; GPU: the JAX table
+  temp_bytes   -1 (XLA's compiled scratch plan has no eager-torch counterpart)
 Threads: torch.set_num_threads(the cores XLA:CPU uses, `timing.cpu_threads()`).
 """
 
@@ -34,7 +35,7 @@ from benchmarks import timing
 def spec_from_config(config) -> dict:
   """The reference's architecture/optimizer from an experiment config; refuses what it lacks."""
   # pylint: disable-next=g-import-not-at-top
-  from pgvt_jax.models.config import ModelConfig
+  from pgvt_jax.models.config import ModelConfig, auto_dtype
   from pgvt_jax.optim import AIM_NO_DECAY as NO_DECAY  # pylint: disable=g-import-not-at-top
   m = ModelConfig.from_config(config.model)
   unsupported = {"family": (m.family, "clip"), "variant": (m.variant, "video_only"),
@@ -57,7 +58,8 @@ def spec_from_config(config) -> dict:
           "optim": dict(lr=o.lr, weight_decay=o.weight_decay, betas=[o.b1, o.b2], eps=o.eps,
                         no_decay=list(o.get("no_decay", NO_DECAY))),
           "label_smoothing": o.label_smoothing, "clip_norm": o.grad_clip_norm,
-          "dtype": m.dtype, "views": config.data.eval_clips * config.data.eval_crops}
+          "dtype": auto_dtype() if m.dtype == "auto" else m.dtype,  # as the JAX side computes
+          "views": config.data.eval_clips * config.data.eval_crops}
 
 
 def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, warmup: int = 2,
@@ -90,7 +92,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
       own = s.pop("torch_flops")
       s.update(train_step.summarise(s, batch, s.pop("compile_s"), counts[name], own,
                                     r["peak_flops_per_s"]))
-      r[name] = s
+      r[name] = {**s, "temp_bytes": -1}
   if "inference" in r:
     r["inference"]["views_per_s"] = batch * r["inference"]["views_per_video"] / r[
         "inference"]["step_s"]

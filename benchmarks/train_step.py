@@ -27,6 +27,8 @@ compile_s / hlo_flops / peak mean there), top level: impl, impl_version, threads
   rss_after_compile_bytes, peak_rss_after_compile_bytes  CPU: resident and peak RSS once the
                     (first) step is compiled, before it runs (how much of the peak is compiling)
   rss_after_steps_bytes  CPU: resident RSS after the timed steps (what the allocator kept)
+  temp_bytes        the compiled step's scratch (memory_analysis temp_size_in_bytes):
+                    XLA's buffer plan, deterministic and load-free (remat policies)
   minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
@@ -55,6 +57,7 @@ import numpy as np
 
 from pgvt_jax import config_files, optim, partitioning, steps
 from pgvt_jax.models import common, pgvt
+from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
 
 PEAK_TFLOPS = timing.PEAK_TFLOPS
@@ -116,6 +119,19 @@ def device_peak(dtype: str, override_tflops: float | None) -> tuple[float, str]:
   return float("nan"), f"unknown device {dev.device_kind!r}: pass --peak_tflops"
 
 
+def compute_dtype_name(config) -> str:
+  """config.model.dtype with "auto" resolved on this backend ("float32", "bfloat16", ...)."""
+  return str(jnp.dtype(ModelConfig.from_config(config.model).compute_dtype))
+
+
+def temp_bytes(compiled) -> int:
+  """The compiled program's scratch allocation (XLA buffer assignment), -1 if not reported."""
+  try:
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return -1
+
+
 def peak_memory_bytes() -> tuple[int, str]:
   stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
@@ -154,7 +170,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
   """Times the train step and/or the multi-view inference step of `config` (see docstring)."""
   model, mesh, trainable, frozen, tx, schedule = setup(config, batch)
   batch_sh = partitioning.batch_sharding(mesh)
-  dtype = str(config.model.get("dtype", "float32"))
+  dtype = compute_dtype_name(config)
   peak_flops, peak_source = peak or device_peak(dtype, None)
   common_fields = {
       "config": config.model.to_dict(), "batch": batch, "backend": jax.default_backend(),
@@ -187,6 +203,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     results["train"].update(rss_after_compile_bytes=rss_compiled[0],
                             peak_rss_after_compile_bytes=rss_compiled[1],
                             rss_after_steps_bytes=timing.rss_bytes()[0])
+    results["train"]["temp_bytes"] = temp_bytes(compiled)
   if mode in ("inference", "both"):
     views = config.data.eval_clips * config.data.eval_crops
     host = synthetic_batch(config.model, batch * views, config.model.num_classes)
@@ -199,6 +216,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     run = lambda: jax.block_until_ready(compiled(trainable, frozen, glob))
     r = summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
                    hlo_flops(compiled), peak_flops)
+    r["temp_bytes"] = temp_bytes(compiled)
     r.update(views_per_video=views, views_per_s=batch * views / r["step_s"])
     results["inference"] = r
   mem, mem_source = peak_memory_bytes()
@@ -246,7 +264,7 @@ def main(argv):
     config.model.video_frames = _FRAMES.value
   if _POSE_FRAMES.value:
     config.model.pose_frames = _POSE_FRAMES.value
-  dtype = str(config.model.get("dtype", "float32"))
+  dtype = compute_dtype_name(config)
   kw = dict(batch=_BATCH.value, mode=_MODE.value, n_steps=_STEPS.value, warmup=_WARMUP.value)
   if _IMPL.value == "torch":
     from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
@@ -255,7 +273,8 @@ def main(argv):
     r = benchmark(config, **kw, peak=device_peak(dtype, _PEAK.value))
   m = r["config"]
   print(f"{r['impl']}: {m['variant']} ViT-{m['backbone']} {m['image_size']}px video "
-        f"{m['video_frames']}f pose {m['pose_frames']}f batch {r['batch']} on "
+        f"{m['video_frames']}f pose {m['pose_frames']}f batch {r['batch']} {dtype} "
+        f"remat={m.get('remat')} attention={m.get('attention_impl')} on "
         f"{r['device_count']}x {r['device_kind']} ({r['impl']} {r['impl_version']}, "
         f"{r['threads']} threads, malloc tuned: {r['malloc_tuned']})")
   print(f"  peak {r['peak_flops_per_s'] / 1e12:.3f} TFLOP/s ({r['peak_source']}); peak memory "
@@ -267,7 +286,8 @@ def main(argv):
             f"(min {s['step_s_min']:.4f}, max {s['step_s_max']:.4f}, n={s['timed_steps']})  "
             f"{s['clips_per_s']:.2f} clips/s  {s['flops_per_s'] / 1e12:.3f} TFLOP/s  "
             f"MFU {100 * s['mfu']:.1f}%  faults/step {s['minor_faults_per_step']:.0f}  "
-            f"sys {s['system_s_per_step']:.3f} s/step")
+            f"sys {s['system_s_per_step']:.3f} s/step  "
+            f"temp {s.get('temp_bytes', -1) / 2**30:.3f} GiB")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(r, f, indent=1, default=str)
