@@ -81,6 +81,12 @@ def _ratio(j: dict, t: dict, mode: str) -> float | None:
   return j[mode]["step_s"] / t[mode]["step_s"] if mode in j and mode in t else None
 
 
+def _dtype(model: dict, backend: str) -> str:
+  """config.model.dtype with "auto" resolved as pgvt_jax.models.config.auto_dtype does."""
+  d = model.get("dtype", "float32")
+  return ("float32" if backend == "cpu" else "bfloat16") + " (auto)" if d == "auto" else d
+
+
 def markdown(rounds: list[dict], args: argparse.Namespace) -> str:
   """The table (per round, then medians over rounds)."""
   j0 = rounds[0]["jax"]
@@ -98,7 +104,7 @@ def markdown(rounds: list[dict], args: argparse.Namespace) -> str:
       + ("" if args.torch_malloc_tuning else " --torch_malloc_tuning=0") + "`",
       "",
       f"{m['variant']} ViT-{m['backbone']} {m['image_size']} px, {m['video_frames']} frames, "
-      f"batch {args.batch}, {m.get('dtype', 'float32')}; {platform.machine()} "
+      f"batch {args.batch}, {_dtype(m, j0['backend'])}; {platform.machine()} "
       f"{j0['device_kind']}, {j0['threads']} threads; jax {j0['impl_version']}, torch "
       f"{rounds[0]['torch']['impl_version']}; malloc tuned: jax "
       f"{j0['malloc_tuned']}, torch {rounds[0]['torch']['malloc_tuned']}. Step time s = "
