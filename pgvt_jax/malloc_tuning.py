@@ -6,12 +6,14 @@ page-faults gigabytes in again (595k minor faults and 2 s of system time per ste
 video_only 8 frames batch 1, measured).
 
 TUNABLES: at most two arenas, no mmap for large blocks, no trimming. The scratch then comes
-from malloc's heap and stays there between steps: at B/16 8f b1, 0 faults and 0.03 s of system
-time per step, peak RSS 3.72 vs 3.61 GiB untuned (benchmarks/NOTES.md entry 1, measured A/B).
+from malloc's heap and stays there between steps: at B/16 8f b1, 0-149k instead of ~580k
+faults and 0.03-0.48 instead of ~1.9 s of system time per step; the cost is RSS: peak 3.72 or
+6.06 GiB vs ~3.55 untuned (when a step's scratch comes from the second, mmapped arena, two are
+resident). benchmarks/NOTES.md entry 1 has the A/B; PGVT_JAX_MALLOC_TUNING=0 for the lowest RSS.
 Why two arenas, not one (this module's first setting): with a single arena every thread's small
 allocations share the heap with the scratch, fragment it, and the heap grew step after step
 (Ti/8: RSS 0.85 -> 1.86 GiB over 25 steps; B/16 peak 5.93 GiB). Transparent huge pages
-(`glibc.malloc.hugetlb=1`) kept RSS untuned but cost more system time at B/16 here.
+(`glibc.malloc.hugetlb=1`) kept RSS untuned but cost 2-3x the untuned system time at B/16.
 
 glibc reads GLIBC_TUNABLES only at process start, so `reexec_with_tunables()` re-executes
 the current command line once with them set. It does nothing when:
