@@ -4,12 +4,16 @@ r"""Train-step and inference throughput of a config: time, FLOP/s, MFU, memory, 
     python -m benchmarks.train_step --config=configs/diving48.py:vit_l14 --batch=8
     python -m benchmarks.train_step --config=configs/diving48.py:variant=video_only \
         --batch=2 --frames=16 --mode=both --json=/tmp/r.json
+    python -m benchmarks.train_step --impl=torch --config=configs/diving48.py:variant=video_only \
+        --batch=1 --frames=8                  # the PyTorch AIM reference (benchmarks/torch_step.py)
+    python -m benchmarks.compare ...         # JAX vs PyTorch, interleaved rounds
 
 Random weights and a synthetic in-memory batch (no records, no CLIP checkpoint): the step
 is the trainer's (`steps.make_train_step`, jitted over the config's mesh with the same
 shardings and donated state), so its time is the training loop's minus input.
 
-Printed / written (--json) fields, per mode:
+Printed / written (--json) fields (the same for --impl=torch; torch_step.py says what
+compile_s / hlo_flops / peak mean there), top level: impl, impl_version, threads, ...; per mode:
   compile_s         lower + compile of the jitted step
   step_s            median of --steps timed steps after --warmup, each synchronised
                     with block_until_ready (also step_s_min / step_s_max)
@@ -20,6 +24,8 @@ Printed / written (--json) fields, per mode:
   peak_flops_per_s  GPU/TPU: the device's dense peak for --dtype (table below or
                     --peak_tflops); CPU: a float32 matmul this harness times now
   peak_memory_bytes device peak_bytes_in_use (GPU/TPU); CPU: the process's peak RSS
+  temp_bytes        the compiled step's scratch (memory_analysis temp_size_in_bytes):
+                    XLA's buffer plan, deterministic and load-free (remat policies)
   minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
@@ -30,11 +36,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import statistics
 import sys
 import time
 
+from benchmarks import timing
 from pgvt_jax import malloc_tuning
 
 if __name__ == "__main__":
@@ -48,24 +53,18 @@ import numpy as np
 
 from pgvt_jax import config_files, optim, partitioning, steps
 from pgvt_jax.models import common, pgvt
+from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
 
-# Dense peak TFLOP/s per chip by device_kind substring (vendor datasheets, no sparsity).
-PEAK_TFLOPS = {
-    "H200": {"bfloat16": 989.0, "float32": 67.0},
-    "H100": {"bfloat16": 989.0, "float32": 67.0},
-    "A100": {"bfloat16": 312.0, "float32": 19.5},
-    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
-    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
-    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
-}
+PEAK_TFLOPS = timing.PEAK_TFLOPS
+time_steps = timing.time_steps
 
 
 def _define_flags() -> None:
   """Flags only when run as a script: importing the harness (tests, notebooks) next to
   other tools must not define --mode/--json/... twice."""
   # pylint: disable-next=global-statement
-  global _CONFIG, _BATCH, _FRAMES, _POSE_FRAMES, _MODE, _STEPS, _WARMUP, _PEAK, _JSON
+  global _CONFIG, _BATCH, _FRAMES, _POSE_FRAMES, _MODE, _STEPS, _WARMUP, _PEAK, _JSON, _IMPL
   _CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.")
   _BATCH = flags.DEFINE_integer("batch", 1, "Global batch (clips; inference: videos).")
   _FRAMES = flags.DEFINE_integer("frames", None, "Override config.model.video_frames.")
@@ -75,6 +74,9 @@ def _define_flags() -> None:
   _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
   _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s (default: table/measured).")
   _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+  _IMPL = flags.DEFINE_enum("impl", "jax", ["jax", "torch"],
+                            "jax: pgvt_jax's step; torch: the PyTorch AIM reference "
+                            "(benchmarks/torch_step.py; video_only configs).")
 
 
 def synthetic_batch(model_cfg, batch: int, num_classes: int, seed: int = 0) -> dict:
@@ -97,7 +99,7 @@ def measured_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> 
   a = jnp.ones((n, n), dtype)
   mm = jax.jit(lambda x, y: x @ y)
   mm(a, a).block_until_ready()
-  best = min(_timed(lambda: mm(a, a).block_until_ready()) for _ in range(repeats))
+  best = min(timing.timed(lambda: mm(a, a).block_until_ready()) for _ in range(repeats))
   return 2 * n ** 3 / best
 
 
@@ -113,18 +115,24 @@ def device_peak(dtype: str, override_tflops: float | None) -> tuple[float, str]:
   return float("nan"), f"unknown device {dev.device_kind!r}: pass --peak_tflops"
 
 
-def _timed(fn) -> float:
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
+def compute_dtype_name(config) -> str:
+  """config.model.dtype with "auto" resolved on this backend ("float32", "bfloat16", ...)."""
+  return str(jnp.dtype(ModelConfig.from_config(config.model).compute_dtype))
+
+
+def temp_bytes(compiled) -> int:
+  """The compiled program's scratch allocation (XLA buffer assignment), -1 if not reported."""
+  try:
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return -1
 
 
 def peak_memory_bytes() -> tuple[int, str]:
   stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
-  # Linux reports ru_maxrss in KiB.
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+  return timing.peak_rss_bytes(), "process peak RSS"
 
 
 def hlo_flops(compiled) -> float:
@@ -132,22 +140,6 @@ def hlo_flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", float("nan")))
-
-
-def time_steps(run, n_steps: int, warmup: int) -> dict:
-  """Runs `run()` (which must block) warmup + n_steps times; per-step times and rusage."""
-  for _ in range(warmup):
-    run()
-  times = []
-  before = resource.getrusage(resource.RUSAGE_SELF)
-  for _ in range(n_steps):
-    times.append(_timed(run))
-  after = resource.getrusage(resource.RUSAGE_SELF)
-  return {"step_s": statistics.median(times), "step_s_min": min(times),
-          "step_s_max": max(times), "timed_steps": n_steps,
-          "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / n_steps,
-          "system_s_per_step": (after.ru_stime - before.ru_stime) / n_steps,
-          "user_s_per_step": (after.ru_utime - before.ru_utime) / n_steps}
 
 
 def setup(config, batch: int):
@@ -174,12 +166,13 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
   """Times the train step and/or the multi-view inference step of `config` (see docstring)."""
   model, mesh, trainable, frozen, tx, schedule = setup(config, batch)
   batch_sh = partitioning.batch_sharding(mesh)
-  dtype = str(config.model.get("dtype", "float32"))
+  dtype = compute_dtype_name(config)
   peak_flops, peak_source = peak or device_peak(dtype, None)
   common_fields = {
       "config": config.model.to_dict(), "batch": batch, "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-      "jax_version": jax.__version__, "peak_flops_per_s": peak_flops, "peak_source": peak_source,
+      "impl": "jax", "impl_version": jax.__version__, "jax_version": jax.__version__,
+      "threads": timing.cpu_threads(), "peak_flops_per_s": peak_flops, "peak_source": peak_source,
       "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1"}
   results = {}
   if mode in ("train", "both"):
@@ -199,8 +192,9 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
       holder[0], metrics = compiled(holder[0], frozen, glob)
       jax.block_until_ready((holder[0], metrics))
 
-    results["train"] = _summarise(time_steps(run, n_steps, warmup), batch, compile_s,
+    results["train"] = summarise(time_steps(run, n_steps, warmup), batch, compile_s,
                                   model_flops, hlo_flops(compiled), peak_flops)
+    results["train"]["temp_bytes"] = temp_bytes(compiled)
   if mode in ("inference", "both"):
     views = config.data.eval_clips * config.data.eval_crops
     host = synthetic_batch(config.model, batch * views, config.model.num_classes)
@@ -211,18 +205,44 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     compiled = jax.jit(predict).lower(trainable, frozen, glob).compile()
     compile_s = time.perf_counter() - t
     run = lambda: jax.block_until_ready(compiled(trainable, frozen, glob))
-    r = _summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
+    r = summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
                    hlo_flops(compiled), peak_flops)
+    r["temp_bytes"] = temp_bytes(compiled)
     r.update(views_per_video=views, views_per_s=batch * views / r["step_s"])
     results["inference"] = r
   mem, mem_source = peak_memory_bytes()
   return {**common_fields, **results, "peak_memory_bytes": mem, "peak_memory_source": mem_source}
 
 
-def _summarise(timing: dict, batch: int, compile_s: float, model_flops: float,
-               hlo: float, peak_flops: float) -> dict:
-  per_s = model_flops / timing["step_s"]
-  return {**timing, "compile_s": compile_s, "clips_per_s": batch / timing["step_s"],
+def jaxpr_flops(config, batch: int, mode: str) -> dict[str, float]:
+  """model_flops of `benchmark` (2 x jaxpr MACs) from shapes only: nothing is run or compiled.
+
+  What the PyTorch reference reports as model_flops, so both impls' MFU use the same count.
+  """
+  model = pgvt.create_model(config.model)
+  shapes = pgvt.param_shapes(model)
+  trainable, frozen = common.split_params(shapes) if config.freeze_backbone else (shapes, {})
+  out = {}
+  if mode in ("train", "both"):
+    tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 1000, 100),
+                              labels=common.param_labels if config.freeze_backbone else None)
+    state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
+    spec = {**pgvt.input_spec(config.model, batch),
+            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+    fn = steps.make_train_step(model, tx, config, optim.make_schedule(config.optim, 1000, 100))
+    out["train"] = 2 * flops_lib.count_macs(fn, state, frozen, spec)["total"]
+  if mode in ("inference", "both"):
+    views = config.data.eval_clips * config.data.eval_crops
+    spec = pgvt.input_spec(config.model, batch * views)
+    out["inference"] = 2 * flops_lib.count_macs(steps.make_eval_step(model), trainable, frozen,
+                                                spec)["total"]
+  return out
+
+
+def summarise(times: dict, batch: int, compile_s: float, model_flops: float,
+              hlo: float, peak_flops: float) -> dict:
+  per_s = model_flops / times["step_s"]
+  return {**times, "compile_s": compile_s, "clips_per_s": batch / times["step_s"],
           "model_flops": model_flops, "hlo_flops": hlo, "flops_per_s": per_s,
           "mfu": per_s / peak_flops}
 
@@ -235,13 +255,19 @@ def main(argv):
     config.model.video_frames = _FRAMES.value
   if _POSE_FRAMES.value:
     config.model.pose_frames = _POSE_FRAMES.value
-  dtype = str(config.model.get("dtype", "float32"))
-  r = benchmark(config, batch=_BATCH.value, mode=_MODE.value, n_steps=_STEPS.value,
-                warmup=_WARMUP.value, peak=device_peak(dtype, _PEAK.value))
+  dtype = compute_dtype_name(config)
+  kw = dict(batch=_BATCH.value, mode=_MODE.value, n_steps=_STEPS.value, warmup=_WARMUP.value)
+  if _IMPL.value == "torch":
+    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+    r = torch_step.benchmark(config, **kw, peak_tflops=_PEAK.value)
+  else:
+    r = benchmark(config, **kw, peak=device_peak(dtype, _PEAK.value))
   m = r["config"]
-  print(f"{m['variant']} ViT-{m['backbone']} {m['image_size']}px video {m['video_frames']}f "
-        f"pose {m['pose_frames']}f batch {r['batch']} on {r['device_count']}x "
-        f"{r['device_kind']} (jax {r['jax_version']}, malloc tuned: {r['malloc_tuned']})")
+  print(f"{r['impl']}: {m['variant']} ViT-{m['backbone']} {m['image_size']}px video "
+        f"{m['video_frames']}f pose {m['pose_frames']}f batch {r['batch']} {dtype} "
+        f"remat={m.get('remat')} attention={m.get('attention_impl')} on "
+        f"{r['device_count']}x {r['device_kind']} ({r['impl']} {r['impl_version']}, "
+        f"{r['threads']} threads, malloc tuned: {r['malloc_tuned']})")
   print(f"  peak {r['peak_flops_per_s'] / 1e12:.3f} TFLOP/s ({r['peak_source']}); peak memory "
         f"{r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['peak_memory_source']})")
   for mode in ("train", "inference"):
@@ -251,7 +277,8 @@ def main(argv):
             f"(min {s['step_s_min']:.4f}, max {s['step_s_max']:.4f}, n={s['timed_steps']})  "
             f"{s['clips_per_s']:.2f} clips/s  {s['flops_per_s'] / 1e12:.3f} TFLOP/s  "
             f"MFU {100 * s['mfu']:.1f}%  faults/step {s['minor_faults_per_step']:.0f}  "
-            f"sys {s['system_s_per_step']:.3f} s/step")
+            f"sys {s['system_s_per_step']:.3f} s/step  "
+            f"temp {s.get('temp_bytes', -1) / 2**30:.3f} GiB")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(r, f, indent=1, default=str)

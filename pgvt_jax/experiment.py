@@ -10,6 +10,7 @@ their initialisers; without them the backbone is random, with a warning.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -93,6 +94,9 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
 
 def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
                      train: bool) -> Experiment:
+  # Derived fields are filled into a copy: the caller's config stays as given, so running
+  # again with the same object (a notebook's resume cell) is not a "changed config".
+  config = copy.deepcopy(config)
   workdir.mkdir(parents=True, exist_ok=True)
   factory.check_freezing(config)
   factory.configure_data(config)  # num_joints; the family's pixel statistics unless set

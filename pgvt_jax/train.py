@@ -150,7 +150,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
   if writer.drop_after(start):  # steps after the checkpoint are redone: no duplicate rows
     logging.info("metrics.jsonl: dropped the rows after step %d (redone now)", start)
   if jax.process_index() == 0:
-    workdir_lib.record_config(workdir, config, mode="train", start_step=start, changed=changed)
+    # config.json holds the derived fields too (records dir, pixel statistics): predict,
+    # retrieval and init_from rebuild the run from it.
+    workdir_lib.record_config(workdir, cfg, mode="train", start_step=start, changed=changed)
   total = exp.total_steps
   if start >= total:
     logging.info("Already trained %d/%d steps; evaluating.", start, total)
@@ -289,7 +291,8 @@ def _evaluate_locked(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     step = int(state["step"])
   exp.check_backbone(meta)
   if jax.process_index() == 0:
-    workdir_lib.record_config(workdir, config, mode="evaluate", start_step=step, changed=[])
+    workdir_lib.record_config(workdir, exp.config, mode="evaluate", start_step=step,
+                              changed=[])
   metrics = run_eval(exp, state["params"], exp.frozen, save_dir=workdir)
   exp.writer.write(step, metrics)
   exp.writer.write_json("eval_metrics.json", {"step": step, **metrics})

@@ -20,6 +20,7 @@ def _tiny(arg: str, tmp_path, steps: int):
   return c
 
 
+@pytest.mark.e2e
 @pytest.mark.slow  # ~1 min on 2 free cores (200 training steps)
 def test_trained_baseline_beats_random_embedding(tmp_path):
   c = _tiny("baseline", tmp_path, steps=200)

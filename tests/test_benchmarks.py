@@ -50,13 +50,20 @@ def test_train_step_does_no_weight_gradient_work_for_frozen_weights():
   assert train_all / forward > 2.8, train_all / forward
 
 
-def test_harness_reports_sane_fields(fast_compiles):
+@pytest.fixture(scope="module")
+def jax_result(fast_compiles):
   del fast_compiles
-  config = _tiny("pgvt")
   peak = bench.measured_matmul_peak(n=256, repeats=2)
   assert peak > 1e7  # any CPU does 10 MFLOP/s
-  r = bench.benchmark(config, batch=2, mode="both", n_steps=3, warmup=1,
-                      peak=(peak, "test"))
+  return bench.benchmark(_tiny("pgvt"), batch=2, mode="both", n_steps=3, warmup=1,
+                         peak=(peak, "test"))
+
+
+def test_harness_reports_sane_fields(jax_result):
+  config = _tiny("pgvt")
+  r = jax_result
+  peak = r["peak_flops_per_s"]
+  assert r["impl"] == "jax" and r["threads"] >= 1
   assert r["batch"] == 2 and r["backend"] == jax.default_backend()
   assert r["peak_memory_bytes"] > 2**20
   for mode in ("train", "inference"):
@@ -73,3 +80,59 @@ def test_harness_reports_sane_fields(fast_compiles):
   # A train step costs about 2.2x the forward of one view (above); inference runs `views`.
   ratio = r["train"]["model_flops"] / (r["inference"]["model_flops"] / views)
   assert 1.9 < ratio < 2.6, ratio
+
+
+def _keys(r: dict) -> dict:
+  return {k: sorted(v) if isinstance(v, dict) and k != "config" else None
+          for k, v in r.items()}
+
+
+def test_torch_impl_emits_the_jax_fields(jax_result):
+  pytest.importorskip("torch")
+  from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+  config = _tiny("video_only")
+  r = torch_step.benchmark(config, batch=2, mode="both", n_steps=2, warmup=1,
+                           peak_tflops=1.0)
+  assert _keys(r) == _keys(jax_result)
+  assert r["impl"] == "torch" and r["config"]["variant"] == "video_only"
+  assert r["peak_flops_per_s"] == 1e12 and r["peak_memory_bytes"] > 2**20
+  counts = bench.jaxpr_flops(config, 2, "both")
+  for mode in ("train", "inference"):
+    s = r[mode]
+    assert s["timed_steps"] == 2 and 0 < s["step_s_min"] <= s["step_s"] <= s["step_s_max"]
+    assert s["model_flops"] == counts[mode]
+    assert s["mfu"] == pytest.approx(s["model_flops"] / s["step_s"] / 1e12)
+    # torch's own FLOP counter on the reference agrees with the jaxpr count of pgvt_jax's
+    # model: the same work (and no weight gradients of frozen weights on either side).
+    assert 0.8 < s["hlo_flops"] / s["model_flops"] < 1.25, (mode, s)
+  views = config.data.eval_clips * config.data.eval_crops
+  ratio = r["train"]["hlo_flops"] / (r["inference"]["hlo_flops"] / views)
+  assert 1.9 < ratio < 2.3, ratio
+
+
+def test_torch_impl_refuses_other_variants():
+  from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="config.model.variant='pgvt'"):
+    torch_step.spec_from_config(_tiny("pgvt"))
+
+
+def test_compare_runs_interleaved_rounds(monkeypatch):
+  pytest.importorskip("torch")
+  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # the JAX child compiles faster
+  args = compare.parse_args(["--config=configs/diving48.py:tiny,runlocal,variant=video_only",
+                             "--batch=1", "--rounds=1", "--steps=2", "--warmup=0",
+                             "--mode=train", "--peak_tflops=1"])
+  order = []
+  result = compare.run(args, log=order.append)
+  assert [o.split(":")[1].strip() for o in order if o.startswith("round")] == [
+      "jax ...", "torch ..."]
+  (r,) = result["rounds"]
+  assert r["jax"]["impl"] == "jax" and r["torch"]["impl"] == "torch"
+  s = result["summary"]
+  assert s["train_ratio"] == pytest.approx(r["jax"]["train"]["step_s"]
+                                          / r["torch"]["train"]["step_s"])
+  assert "inference_ratio" not in s  # --mode=train: no forward columns
+  table = result["markdown"]
+  assert f"**{s['train_ratio']:.2f}**" in table
+  assert table.count("\n| 1 |") == 1 and "| median |" in table

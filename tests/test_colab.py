@@ -33,6 +33,7 @@ def test_readme_links_every_notebook():
   assert linked == set(NOTEBOOKS)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_in_smoke_mode(name, monkeypatch):
   pytest.importorskip("nbclient")

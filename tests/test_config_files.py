@@ -81,6 +81,7 @@ def test_every_dataset_config_is_printed():
       assert printed[(dataset, builder_config)].startswith(f"configs/{dataset}.py:protocol=")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_installed_configs_from_another_directory(tmp_path):
   """`pip install` (no deps) into a folder, run from an unrelated cwd: `configs/...` loads from

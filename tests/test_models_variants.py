@@ -109,9 +109,10 @@ def test_bfloat16_forward_is_close_to_float32():
   np.testing.assert_allclose(out16["feature"], out["feature"], atol=0.05)
 
 
-def test_remat_gives_the_same_gradients():
+@pytest.mark.parametrize("policy", ["full", "save_dots"])
+def test_remat_gives_the_same_gradients(policy):
   _, logits, grads = grads_of(tiny("pgvt"))
-  _, logits_r, grads_r = grads_of(tiny("pgvt", remat=True))
+  _, logits_r, grads_r = grads_of(tiny("pgvt", remat=policy))
   np.testing.assert_allclose(logits_r, logits, atol=1e-5)
   for (p, g), g_r in zip(common.flatten(grads).items(), common.flatten(grads_r).values()):
     np.testing.assert_allclose(g_r, g, atol=1e-5, err_msg=p)

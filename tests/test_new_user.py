@@ -21,7 +21,7 @@ from tests.dataprep_fixtures import dot_keypoints, write_dot_video, write_text
 from tests.test_dataprep_builders import _ntu_skeleton_text
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _run(command: str, home: Path, cwd: Path, ok: bool = True):

@@ -12,6 +12,8 @@ import pytest
 
 from tests.test_train import REPO, _env
 
+pytestmark = pytest.mark.e2e  # subprocess runs of pgvt_jax.main
+
 STEPS = 2
 METHODS = {
     "baseline": [],

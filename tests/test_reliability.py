@@ -214,3 +214,17 @@ def test_clipping_on_or_off_keeps_the_optimizer_state_structure(config):
     structures.append(jax.tree.structure(tx.init(params)))
     del optax_schedule
   assert structures[0] == structures[1]
+
+
+def test_the_same_config_object_runs_twice(tmp_path, synthetic_dir):
+  """A notebook's resume cell reruns train_and_evaluate with the config it already used: setup
+  must not write derived fields (pixel statistics, joints) into it, or the resume is refused
+  as a changed config."""
+  from tests import predict_fixtures  # pylint: disable=g-import-not-at-top
+  config = predict_fixtures.tiny_config(synthetic_dir, steps=2)
+  before = config.to_dict()
+  predict_fixtures.train_run(config, tmp_path / "run", evaluate=False)
+  assert config.to_dict() == before
+  config.total_steps = 3
+  config.allow_config_changes = True  # total_steps is a training field: named, then accepted
+  predict_fixtures.train_run(config, tmp_path / "run", evaluate=False)

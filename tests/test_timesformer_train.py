@@ -70,6 +70,7 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("synthetic_timesformer")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", list(METHODS))
 def test_timesformer_trains_through_main(method, data_dir, tmp_path):
   """configs/demo.py as a tiny TimeSformer (random init, full fine-tuning): 2 steps + eval."""

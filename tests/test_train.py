@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+pytestmark = pytest.mark.e2e  # subprocess runs of pgvt_jax.main
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models.clip_vit import attend, exact_gelu
+from pgvt_jax.models.clip_vit import HeadsDense, attend, exact_gelu
 
 Array = jax.Array
 
@@ -121,7 +121,7 @@ class TimeLinear(nn.Module):
 
 
 def cross_attention(q: Array, k: Array, v: Array, module: nn.Module | None = None,
-                    record: str | None = None) -> Array:
+                    record: str | None = None, impl: str = "auto") -> Array:
   """Softmax(Q K^T / sqrt(d_k)) V within each frame.
 
   q `(B, T, Nq, H, d_k)`, k/v `(B, T, Nk, H, d_k)` -> `(B, T, Nq, H, d_k)`. With `module` and
@@ -132,7 +132,7 @@ def cross_attention(q: Array, k: Array, v: Array, module: nn.Module | None = Non
   if module is None:
     out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v))
   else:
-    out = attend(module, flat(q), flat(k), flat(v), record=record)
+    out = attend(module, flat(q), flat(k), flat(v), record=record, impl=impl)
   return out.reshape(q.shape)
 
 
@@ -155,14 +155,16 @@ class RefiningAdapter(nn.Module):
   refine_pose: bool = True
   refine_video: bool = True
   dtype: Any = None
+  attention_impl: str = "auto"  # config.model.attention_impl
 
   @nn.compact
   def __call__(self, x_p: Array, x_z: Array) -> tuple[Array, Array]:
     d = x_p.shape[-1]
-    proj = lambda name: nn.DenseGeneral((self.heads, d // self.heads), kernel_init=trunc_normal,
-                                        dtype=self.dtype, name=name)
-    out = lambda name: nn.DenseGeneral(d, axis=(-2, -1), kernel_init=nn.initializers.zeros,
-                                       dtype=self.dtype, name=name)
+    # HeadsDense: nn.DenseGeneral's params and init, one 2-D matmul (no per-step relayout).
+    proj = lambda name: HeadsDense(d // self.heads, self.heads, kernel_init=trunc_normal,
+                                   dtype=self.dtype, name=name)
+    out = lambda name: HeadsDense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                                  name=name)
     # x_hat_P = FC_down(x_P): (B, T_l, N_P, D).
     x_hat = TimeLinear(self.video_frames, kernel_init=fc_down_init, dtype=self.dtype,
                        name="fc_down")(x_p)
@@ -170,13 +172,15 @@ class RefiningAdapter(nn.Module):
     if self.refine_pose:
       # Eq. 2 (Q_P, K_Z, V_Z); Eq. 3 top: P^R = x_P + FC_up(W_P^O softmax(Q_P K_Z^T/sqrt(d_k)) V_Z)
       a = cross_attention(proj("pose_query")(x_hat), proj("video_key")(x_z),
-                          proj("video_value")(x_z), self, "pose_to_video")
+                          proj("video_value")(x_z), self, "pose_to_video",
+                          self.attention_impl)
       a = out("pose_out")(a)  # (B, T_l, N_P, D)
       new_p = x_p + TimeLinear(self.pose_frames, kernel_init=fc_up_init, dtype=self.dtype,
                                name="fc_up")(a)
     if self.refine_video:
       # Eq. 2 (Q_Z, K_P, V_P); Eq. 3 bottom: Z^R = x_Z + W_Z^O softmax(Q_Z K_P^T/sqrt(d_k)) V_P
       a = cross_attention(proj("video_query")(x_z), proj("pose_key")(x_hat),
-                          proj("pose_value")(x_hat), self, "video_to_pose")
+                          proj("pose_value")(x_hat), self, "video_to_pose",
+                          self.attention_impl)
       new_z = x_z + out("video_out")(a)
     return new_p, new_z

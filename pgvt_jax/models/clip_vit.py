@@ -125,21 +125,85 @@ def attention_weights(q: Array, k: Array, bias: Optional[Array] = None) -> Array
   return jax.nn.softmax(logits, axis=-1)
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def resolve_attention_impl(impl: str, dtype, head_dim: int, masked: bool = False) -> str:
+  """`config.model.attention_impl` -> the `implementation=` of `jax.nn.dot_product_attention`.
+
+  "auto": "cudnn" (fused flash attention) on GPU when cuDNN takes the call (float16/bfloat16,
+  head dim a multiple of 8 and <= 128, no boolean mask), else "xla". "cudnn" is honoured as
+  asked and raises on a backend without cuDNN (CPU, TPU) rather than silently falling back.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"config.model.attention_impl={impl!r}; expected one of "
+                     f"{list(ATTENTION_IMPLS)}")
+  backend = jax.default_backend()
+  if impl == "cudnn" and backend != "gpu":
+    raise ValueError(f"config.model.attention_impl='cudnn' needs an NVIDIA GPU; the JAX backend "
+                     f"is {backend!r}. Use 'auto' (cuDNN where available, else XLA) or 'xla'.")
+  if impl == "auto":
+    ok = (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128 and not masked)
+    return "cudnn" if ok else "xla"
+  return impl
+
+
 def attend(module: nn.Module, q: Array, k: Array, v: Array, bias: Optional[Array] = None,
-           record: Optional[str] = None) -> Array:
+           record: Optional[str] = None, impl: str = "auto") -> Array:
   """Scaled dot-product attention `(B, Lq, H, d)` -> `(B, Lq, H, d)`.
 
-  The fast path is `jax.nn.dot_product_attention` (fused kernels, e.g. cuDNN flash on GPU),
-  which returns no weights. Only when the caller applies the model with
-  `mutable=["attention"]` and names the call (`record`), the weights are computed explicitly
-  and sown, averaged over heads: `module.sow("attention", record, (B, Lq, Lk))`. The two paths
-  agree to float32 rounding (tests/test_visualize.py).
+  The fast path is `jax.nn.dot_product_attention` with `impl` (`resolve_attention_impl`: cuDNN
+  flash attention on GPU under "auto"), which returns no weights. Only when the caller applies
+  the model with `mutable=["attention"]` and names the call (`record`), the weights are
+  computed explicitly (einsum, float32 softmax) and sown, averaged over heads:
+  `module.sow("attention", record, (B, Lq, Lk))`. The two paths agree to float32 rounding
+  (tests/test_visualize.py, tests/test_perf_model.py).
   """
   if record is None or not module.is_mutable_collection(ATTENTION):
-    return jax.nn.dot_product_attention(q, k, v, bias=bias)
+    implementation = resolve_attention_impl(impl, q.dtype, q.shape[-1])
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
   w = attention_weights(q, k, bias)
   module.sow(ATTENTION, record, w.mean(axis=1))
   return jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v)
+
+
+class HeadsDense(nn.Module):
+  """`nn.DenseGeneral`'s params (same names, shapes and init values) for the per-head
+  projections of attention, computed as ONE 2-D matmul on the kernel viewed as a matrix.
+
+    heads given:  (..., D) -> (..., H, d)   kernel (D, H, d), bias (H, d)   (query/key/value)
+    heads None:   (..., H, d) -> (..., D)   kernel (H, d, D), bias (D,)     (out)
+
+  Why not DenseGeneral: it contracts (or produces) two kernel axes, and in the backward pass
+  XLA:CPU lays such a kernel out again, a transposed copy per kernel per step (frozen ones
+  included: 4 per CLIP block, ~0.06 s per ViT-B/16 step). The row-major kernel *is* the
+  (D, H*d) / (H*d, D) matrix, so the reshape is free and the matmul reads it in place
+  (tests/test_perf_model.py counts these copies in the compiled train step).
+  """
+  features: int
+  heads: Optional[int] = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.heads is None:  # (..., H, d) -> (..., D)
+      lead, k_shape, b_shape = x.shape[:-2], x.shape[-2:] + (self.features,), (self.features,)
+      rows, cols = x.shape[-2] * x.shape[-1], self.features
+    else:                   # (..., D) -> (..., H, d)
+      lead, k_shape = x.shape[:-1], (x.shape[-1], self.heads, self.features)
+      b_shape = (self.heads, self.features)
+      rows, cols = x.shape[-1], self.heads * self.features
+    # DenseGeneral initialises the flat (rows, cols) matrix and reshapes it: same values.
+    kernel = self.param("kernel", lambda key, shape, dtype=jnp.float32: jnp.reshape(
+        self.kernel_init(key, (rows, cols), dtype), shape), k_shape)
+    bias = self.param("bias", lambda key, shape, dtype=jnp.float32: jnp.reshape(
+        self.bias_init(key, (cols,), dtype), shape), b_shape)
+    dtype = self.dtype or jnp.result_type(x, kernel)
+    y = x.reshape(lead + (rows,)).astype(dtype) @ kernel.reshape((rows, cols)).astype(dtype)
+    return y.reshape(lead + b_shape) + bias.astype(dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -150,6 +214,7 @@ class MultiHeadAttention(nn.Module):
   """
   heads: int
   dtype: Any = None
+  attention_impl: str = "auto"  # see resolve_attention_impl
 
   @nn.compact
   def __call__(self, x: Array, bias: Optional[Array] = None, record: Optional[str] = None
@@ -157,11 +222,11 @@ class MultiHeadAttention(nn.Module):
     """`record` names this call's weights in the "attention" collection (see `attend`)."""
     *batch, length, width = x.shape
     head_dim = width // self.heads
-    dense = lambda name: nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)
+    dense = lambda name: HeadsDense(head_dim, self.heads, dtype=self.dtype, name=name)
     x2 = x.reshape((-1, length, width))
     q, k, v = dense("query")(x2), dense("key")(x2), dense("value")(x2)  # (B', L, H, hd)
-    y = attend(self, q, k, v, bias, record)
-    out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(y)
+    y = attend(self, q, k, v, bias, record, self.attention_impl)
+    out = HeadsDense(width, dtype=self.dtype, name="out")(y)
     return out.reshape((*batch, length, width))
 
 
@@ -188,11 +253,13 @@ class ResidualAttentionBlock(nn.Module):
   """
   config: ClipVitConfig
   dtype: Any = None
+  attention_impl: str = "auto"
 
   def setup(self):
     cfg = self.config
     self.ln_1 = layer_norm("ln_1")
-    self.attn = MultiHeadAttention(heads=cfg.heads, dtype=self.dtype)
+    self.attn = MultiHeadAttention(heads=cfg.heads, dtype=self.dtype,
+                                   attention_impl=self.attention_impl)
     self.ln_2 = layer_norm("ln_2")
     self.mlp = Mlp(hidden=cfg.width * cfg.mlp_ratio, activation=cfg.activation, dtype=self.dtype)
 
@@ -206,6 +273,32 @@ class ResidualAttentionBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     x = x + self.attention(x, record="spatial")
     return x + self.feed_forward(x)
+
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
+def remat_block(block_cls, policy: str, static_argnums: tuple[int, ...] = ()):
+  """`config.model.remat` applied to one transformer block class.
+
+  "none":      keep every activation the backward pass needs (fastest, most memory).
+  "full":      keep only each block's input; the backward pass recomputes the whole block
+               (`nothing_saveable`). With a frozen backbone the step does forward + input
+               gradients (~2 F), so recomputing the forward costs ~+50% of the step's FLOPs.
+  "save_dots": keep the outputs of matmuls against weights (q/k/v/out projections, MLP) and
+               recompute the rest: LayerNorm, GELU, softmax and the attention matmuls
+               (`dots_with_no_batch_dims_saveable`). Those carry batch dims and include the
+               (L x L) per-head logits/probabilities, the largest activations of a ViT block,
+               while the projections are the expensive FLOPs. `dots_saveable` would keep the
+               attention logits too, and so save little memory.
+  """
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat={policy!r}; expected one of {list(REMAT_POLICIES)}")
+  if policy == "none":
+    return block_cls
+  checkpoint_policy = (jax.checkpoint_policies.nothing_saveable if policy == "full"
+                       else jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  return nn.remat(block_cls, policy=checkpoint_policy, static_argnums=static_argnums)
 
 
 def clip_conv1(cfg: ClipVitConfig, dtype=None) -> nn.Module:
@@ -246,16 +339,18 @@ class ClipVisionTransformer(nn.Module):
   """
   config: ClipVitConfig
   dtype: Any = None
-  remat: bool = False
+  remat: str = "none"           # see remat_block
+  attention_impl: str = "auto"  # see resolve_attention_impl
 
   @nn.compact
   def __call__(self, images: Array) -> dict[str, Array]:
     cfg = self.config
     x = patch_embed_and_pos(self, cfg, images.astype(self.dtype or images.dtype), self.dtype)
     x = layer_norm("ln_pre")(x)
-    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    block = remat_block(ResidualAttentionBlock, self.remat)
     for i in range(cfg.layers):
-      x = block(cfg, dtype=self.dtype, name=f"resblocks_{i}")(x)
+      x = block(cfg, dtype=self.dtype, attention_impl=self.attention_impl,
+                name=f"resblocks_{i}")(x)
     pooled = layer_norm("ln_post")(x[:, 0])
     embedding = pooled
     if cfg.output_dim is not None:

@@ -29,8 +29,9 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 import ml_collections
 
+import jax
+
 from pgvt_jax.models import clip_vit, timesformer
-from pgvt_jax.models import clip_vit
 from pgvt_jax.models.adapters import DROP_PATH_MODES
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
@@ -73,6 +74,13 @@ VARIANTS = tuple(STREAMS)
 POSE_FORMATS = ("coords", "heatmap", "heatmap_rgb")
 FAMILIES = ("clip", "timesformer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPE_CHOICES = ("auto",) + tuple(DTYPES)
+
+
+def auto_dtype(backend: Optional[str] = None) -> str:
+  """The compute dtype of `dtype="auto"`: bfloat16 on GPU/TPU (tensor cores / MXU), float32
+  on CPU (XLA:CPU has no fast bf16 matmul; it would be slower and less exact)."""
+  return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +110,12 @@ class ModelConfig:
   drop_path_mode: str = "frame"     # "frame": per clip and frame; "aim": per token position
                                     # across the batch, as AIM's code (see adapters.DropPath)
   dropout: float = 0.5              # before the linear head
-  dtype: str = "float32"            # compute dtype; params stay float32
-  remat: bool = False               # rematerialise each block in the backward pass
+  dtype: str = "auto"               # compute dtype; params stay float32. "auto": bfloat16 on
+                                    # GPU/TPU, float32 on CPU (auto_dtype)
+  remat: str = "none"               # per block: "none" | "full" | "save_dots"
+                                    # (clip_vit.remat_block); True/False read as full/none
+  attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU when possible, else XLA) |
+                                    # "xla" | "cudnn" (clip_vit.resolve_attention_impl)
   # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
   paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
@@ -138,8 +150,14 @@ class ModelConfig:
       fail("activation", f"expected None or one of {sorted(clip_vit.ACTIVATIONS)}")
     if self.pose_format not in POSE_FORMATS:
       fail("pose_format", f"expected one of {list(POSE_FORMATS)}")
-    if self.dtype not in DTYPES:
-      fail("dtype", f"expected one of {sorted(DTYPES)}")
+    if self.dtype not in DTYPE_CHOICES:
+      fail("dtype", f"expected one of {list(DTYPE_CHOICES)}")
+    if isinstance(self.remat, bool):  # configs written before remat policies existed
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in clip_vit.REMAT_POLICIES:
+      fail("remat", f"expected one of {list(clip_vit.REMAT_POLICIES)}")
+    if self.attention_impl not in clip_vit.ATTENTION_IMPLS:
+      fail("attention_impl", f"expected one of {list(clip_vit.ATTENTION_IMPLS)}")
     if not 0 < self.adapter_ratio <= 4:
       fail("adapter_ratio", "expected 0 < ratio <= 4")
     if not 0 <= self.drop_path < 1:
@@ -280,7 +298,8 @@ class ModelConfig:
 
   @property
   def compute_dtype(self):
-    return DTYPES[self.dtype]
+    """The jnp dtype activations are computed in ("auto" resolved on the current backend)."""
+    return DTYPES[auto_dtype() if self.dtype == "auto" else self.dtype]
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pgvt_jax.models import clip_vit
+
 Array = jax.Array
 VARIANTS = ("pa_sa", "fact_pa_sta", "joint_pa_sta")
 
@@ -57,20 +59,24 @@ class MaskedSelfAttention(nn.Module):
   """
   num_heads: int
   dtype: Any = None
+  attention_impl: str = "auto"  # clip_vit.resolve_attention_impl ("auto": XLA when masked)
 
   @nn.compact
   def __call__(self, x: Array, key_mask: Array | None = None) -> Array:
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"PAAB: width {d} is not divisible by num_heads={self.num_heads}")
-    dense = lambda name: nn.DenseGeneral((self.num_heads, d // self.num_heads),
-                                         kernel_init=trunc_normal_init(), dtype=self.dtype,
-                                         name=name)
+    # HeadsDense: DenseGeneral's params, one 2-D matmul (no per-step kernel relayout).
+    dense = lambda name: clip_vit.HeadsDense(d // self.num_heads, self.num_heads,
+                                             kernel_init=trunc_normal_init(), dtype=self.dtype,
+                                             name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)   # (B', L, H, hd)
     mask = None if key_mask is None else key_mask[:, None, None, :]   # (B', 1, 1, L)
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return nn.DenseGeneral(d, axis=(-2, -1), kernel_init=trunc_normal_init(), dtype=self.dtype,
-                           name="out")(y)
+    impl = clip_vit.resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1],
+                                           masked=mask is not None)
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    return clip_vit.HeadsDense(d, kernel_init=trunc_normal_init(), dtype=self.dtype,
+                               name="out")(y)
 
 
 class Mlp(nn.Module):
@@ -97,6 +103,7 @@ class PAAB(nn.Module):
   dtype: Any = None
   drop_path: float = 0.0      # stochastic depth of the two residual branches, per sample
   ln_eps: float = 1e-6        # timm/TimeSformer's LayerNorm eps (CLIP backbones pass 1e-5)
+  attention_impl: str = "auto"  # config.model.attention_impl
 
   def _ln(self, name: str, x: Array) -> Array:
     return nn.LayerNorm(epsilon=self.ln_eps, name=name)(x).astype(self.dtype or x.dtype)
@@ -114,7 +121,8 @@ class PAAB(nn.Module):
     """Unmasked temporal attention (Eq. 2 alpha^time) of each patch position over T frames."""
     xt = jnp.swapaxes(patches, 1, 2)                                   # (B, N, T, D)
     b, n, t, d = xt.shape
-    y = MaskedSelfAttention(self.num_heads, self.dtype, name="temporal_attn")(
+    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl,
+                            name="temporal_attn")(
         self._ln("temporal_norm", xt).reshape(b * n, t, d))
     y = nn.Dense(d, kernel_init=trunc_normal_init(), dtype=self.dtype, name="temporal_fc")(y)
     (y,) = self._drop(train, jnp.swapaxes(y.reshape(b, n, t, d), 1, 2))
@@ -130,7 +138,8 @@ class PAAB(nn.Module):
     cls_t = jnp.broadcast_to(cls[:, :, None], (b, t, 1, d))           # C == 1: one copy/frame
     seq = jnp.concatenate([cls_t, patches], axis=2).reshape(b * t, n + 1, d)
     keys = jnp.concatenate([jnp.ones((b, t, 1), bool), pose], axis=2).reshape(b * t, n + 1)
-    y = MaskedSelfAttention(self.num_heads, self.dtype, name="attn")(self._ln("ln_1", seq), keys)
+    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
+        self._ln("ln_1", seq), keys)
     y = y.reshape(b, t, n + 1, d)
     y_cls = y[:, :, 0]
     if cls.shape[1] == 1:
@@ -143,7 +152,8 @@ class PAAB(nn.Module):
     c = cls.shape[1]
     seq = jnp.concatenate([cls, patches.reshape(b, t * n, d)], axis=1)
     keys = jnp.concatenate([jnp.ones((b, c), bool), pose.reshape(b, t * n)], axis=1)
-    y = MaskedSelfAttention(self.num_heads, self.dtype, name="attn")(self._ln("ln_1", seq), keys)
+    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
+        self._ln("ln_1", seq), keys)
     return y[:, :c], y[:, c:].reshape(b, t, n, d)
 
   @nn.compact

@@ -72,7 +72,8 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
     if s.refine:
       self.R_Adapter = RefiningAdapter(
           m.pose_frames, m.video_frames, heads=m.refine_heads or self.config.heads,
-          refine_pose=s.refine_pose, refine_video=s.refine_video, dtype=self.dtype)
+          refine_pose=s.refine_pose, refine_video=s.refine_video, dtype=self.dtype,
+          attention_impl=m.attention_impl)
     # Stochastic depth: per (clip, frame) by default, AIM's per token position as an option.
     self.drop_path = DropPath(self.drop_path_rate, m.drop_path_mode)
 
@@ -223,11 +224,11 @@ class PoseVideoTransformer(nn.Module):
     if needs_pose_maps(m, train):
       maps = video_pose_maps(m, batch, self.pose_map_rng(train))
 
-    block = nn.remat(PoseVideoBlock, static_argnums=(3,)) if m.remat else PoseVideoBlock
+    block = clip_vit.remat_block(PoseVideoBlock, m.remat, static_argnums=(3,))
     rates = np.linspace(0.0, m.drop_path, clip.layers)  # AIM/timm: linear in depth
     for i in range(clip.layers):
-      p, z = block(clip, dtype=dtype, model=m, drop_path_rate=float(rates[i]),
-                   name=f"resblocks_{i}")(p, z, train)
+      p, z = block(clip, dtype=dtype, attention_impl=m.attention_impl, model=m,
+                   drop_path_rate=float(rates[i]), name=f"resblocks_{i}")(p, z, train)
       z = self.pose_aware(z, i + 1, maps, float(rates[i]), train, out)
 
     # Joint Prediction: per stream, ln_post of each frame's CLS, mean over frames; concatenate.
@@ -265,6 +266,7 @@ class PoseVideoTransformer(nn.Module):
         cls, patches = PAAB(num_heads=m.clip.heads, mlp_ratio=m.clip.mlp_ratio,
                             variant=m.paab_variant, dtype=m.compute_dtype,
                             drop_path=drop_path, ln_eps=clip_vit.LN_EPS,
+                            attention_impl=m.attention_impl,
                             name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
                                 cls, patches, maps[0], train=train)
       z = jnp.concatenate([cls[:, :, None], patches], axis=2)

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pgvt_jax.models import clip_vit
+
 Array = jax.Array
 
 LN_EPS = 1e-6  # norm_layer=partial(nn.LayerNorm, eps=1e-6) in the official vit.py
@@ -134,6 +136,7 @@ class Attention(nn.Module):
   """
   heads: int
   dtype: Any = None
+  attention_impl: str = "auto"  # clip_vit.resolve_attention_impl
 
   @nn.compact
   def __call__(self, x: Array, bias: Optional[Array] = None) -> Array:
@@ -143,7 +146,9 @@ class Attention(nn.Module):
     qkv = dense(3 * width, "qkv")(x.reshape((-1, length, width)))
     # torch: reshape(B, N, 3, H, hd): q | k | v blocks of the 3D output, heads inside each.
     qkv = qkv.reshape((-1, length, 3, self.heads, hd))
-    y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias)
+    impl = clip_vit.resolve_attention_impl(self.attention_impl, qkv.dtype, hd)
+    y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias,
+                                     implementation=impl)
     y = dense(width, "proj")(y.reshape((-1, length, width)))
     return y.reshape((*batch, length, width))
 
@@ -167,16 +172,17 @@ class DividedBlock(nn.Module):
   drop_path_rate: float = 0.0
   zero_temporal_fc: bool = False
   dtype: Any = None
+  attention_impl: str = "auto"
 
   def setup(self):
     cfg = self.config
     self.temporal_norm1 = layer_norm("temporal_norm1")
-    self.temporal_attn = Attention(cfg.heads, dtype=self.dtype)
+    self.temporal_attn = Attention(cfg.heads, dtype=self.dtype, attention_impl=self.attention_impl)
     zeros = nn.initializers.zeros
     self.temporal_fc = nn.Dense(cfg.width, dtype=self.dtype,
                                 kernel_init=zeros if self.zero_temporal_fc else TRUNC_NORMAL)
     self.norm1 = layer_norm("norm1")
-    self.attn = Attention(cfg.heads, dtype=self.dtype)
+    self.attn = Attention(cfg.heads, dtype=self.dtype, attention_impl=self.attention_impl)
     self.norm2 = layer_norm("norm2")
     self.mlp = Mlp(cfg.width * cfg.mlp_ratio, dtype=self.dtype)
 
@@ -225,7 +231,8 @@ class TimeSformer(nn.Module):
   config: TimeSformerConfig
   drop_path: float = 0.0     # stochastic depth, linear 0 -> drop_path over blocks (official 0.1)
   dtype: Any = None
-  remat: bool = False
+  remat: str = "none"           # clip_vit.remat_block policy
+  attention_impl: str = "auto"  # clip_vit.resolve_attention_impl
 
   def setup(self):
     cfg = self.config
@@ -236,10 +243,11 @@ class TimeSformer(nn.Module):
     self.time_embed = self.param("time_embed", nn.initializers.zeros, (1, cfg.num_frames,
                                                                         cfg.width))
     rates = np.linspace(0.0, self.drop_path, cfg.layers)  # official dpr: linspace(0, rate, depth)
-    block = nn.remat(DividedBlock, static_argnums=(3,)) if self.remat else DividedBlock
+    block = clip_vit.remat_block(DividedBlock, self.remat, static_argnums=(3,))
     # Official init: temporal_fc zero in every block but the first.
     self.blocks = [block(cfg, drop_path_rate=float(rates[i]), zero_temporal_fc=i > 0,
-                         dtype=self.dtype, name=f"blocks_{i}") for i in range(cfg.layers)]
+                         dtype=self.dtype, attention_impl=self.attention_impl,
+                         name=f"blocks_{i}") for i in range(cfg.layers)]
     self.norm = layer_norm("norm")
 
   def embed(self, frames: Array) -> tuple[Array, Array]:

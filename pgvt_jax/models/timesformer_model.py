@@ -61,7 +61,8 @@ class TimeSformerClassifier(nn.Module):
   def setup(self):
     m = self.config
     self.backbone = timesformer.TimeSformer(m.timesformer, drop_path=m.drop_path,
-                                            dtype=m.compute_dtype, remat=m.remat)
+                                            dtype=m.compute_dtype, remat=m.remat,
+                                            attention_impl=m.attention_impl)
     nn.share_scope(self, self.backbone)  # backbone params at the top level, official names
 
   @nn.compact
@@ -94,6 +95,7 @@ class TimeSformerClassifier(nn.Module):
       for j in range(m.paab_depth):  # Table 1c: consecutive PAABs at one position
         cls, patches = PAAB(num_heads=ts.heads, mlp_ratio=ts.mlp_ratio, variant=m.paab_variant,
                             dtype=m.compute_dtype, drop_path=drop_path,
+                            attention_impl=m.attention_impl,
                             ln_eps=timesformer.LN_EPS,
                             name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
                                 cls, patches, maps[0], train=train)

@@ -1,0 +1,65 @@
+"""Step timing shared by the JAX harness and the PyTorch reference (no JAX or torch import)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+
+# Dense peak TFLOP/s per chip by device_kind substring (vendor datasheets, no sparsity).
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.0, "float32": 67.0},
+    "H100": {"bfloat16": 989.0, "float32": 67.0},
+    "A100": {"bfloat16": 312.0, "float32": 19.5},
+    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
+    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
+}
+
+
+def timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def time_steps(run, n_steps: int, warmup: int) -> dict:
+  """Runs `run()` (which must block) warmup + n_steps times; per-step times and rusage."""
+  for _ in range(warmup):
+    run()
+  times = []
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(n_steps):
+    times.append(timed(run))
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {"step_s": statistics.median(times), "step_s_min": min(times),
+          "step_s_max": max(times), "timed_steps": n_steps,
+          "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / n_steps,
+          "system_s_per_step": (after.ru_stime - before.ru_stime) / n_steps,
+          "user_s_per_step": (after.ru_utime - before.ru_utime) / n_steps}
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size.
+
+  Linux: VmHWM of /proc/self/status, the peak of the current address space. Not ru_maxrss:
+  that survives execve, so a child started from a large parent (subprocess = fork + exec, or
+  malloc_tuning's re-exec) would report the parent's peak if it was higher.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024  # kB
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def cpu_threads() -> int:
+  """Cores this process may run on: the size of XLA:CPU's default intra-op thread pool."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
