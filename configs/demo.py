@@ -16,7 +16,13 @@ and that the adapters learn, not transfer learning.
 
 Arguments: `configs/demo.py:pose_only` (or any variant of pgvt_jax.models.config) runs
 another variant on the same data; `--config.seed=N` changes the model init and data order
-(the clips themselves are fixed by synthetic_data.seed).
+(the clips themselves are fixed by synthetic_data.seed). Late fusion the paper's way (Table 4
+row 3, two stages): train pose_only and video_only, then fuse their final checkpoints and
+fine-tune (160 steps in the demo's table):
+
+    python -m pgvt_jax.main --config=configs/demo.py:late_fusion --workdir=/tmp/demo_late \
+        --config.init_from.pose=/tmp/demo_pose --config.init_from.video=/tmp/demo_video \
+        --config.total_steps=160
 """
 
 import ml_collections
