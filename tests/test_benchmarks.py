@@ -116,6 +116,7 @@ def test_torch_impl_refuses_other_variants():
     torch_step.spec_from_config(_tiny("pgvt"))
 
 
+@pytest.mark.e2e  # subprocesses: JAX and torch harness runs
 def test_compare_runs_interleaved_rounds(monkeypatch):
   pytest.importorskip("torch")
   from benchmarks import compare  # pylint: disable=g-import-not-at-top

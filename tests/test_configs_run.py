@@ -41,6 +41,7 @@ def _memory_source(num_classes: int, n: int = 4) -> data.Source:
   return data.Source(records, skeletons.get("coco17"), num_classes)
 
 
+@pytest.mark.e2e  # a whole training run (20-40 s)
 @pytest.mark.parametrize("module,arg", CONFIGS)
 def test_runlocal_config_trains_and_evaluates(module, arg, tmp_path, monkeypatch):
   config = _get_config(module, ",".join(filter(None, [arg, "runlocal"])))

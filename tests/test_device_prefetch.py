@@ -176,6 +176,7 @@ def _evals(workdir) -> list:
           if "eval/top1" in r]
 
 
+@pytest.mark.e2e  # a whole training run (20-40 s)
 def test_preempted_prefetching_run_resumes_onto_the_uninterrupted_batches(
     tmp_path, recorded, fast_compiles):
   del fast_compiles

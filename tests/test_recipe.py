@@ -78,6 +78,7 @@ def _save_run(workdir, variant, seed):
   return trainable
 
 
+@pytest.mark.e2e  # a whole training run (20-40 s)
 def test_two_stage_init_loads_both_streams(tmp_path):
   import ml_collections
   from flax import traverse_util

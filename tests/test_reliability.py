@@ -216,6 +216,7 @@ def test_clipping_on_or_off_keeps_the_optimizer_state_structure(config):
   assert structures[0] == structures[1]
 
 
+@pytest.mark.e2e  # a whole training run (20-40 s)
 def test_the_same_config_object_runs_twice(tmp_path, synthetic_dir):
   """A notebook's resume cell reruns train_and_evaluate with the config it already used: setup
   must not write derived fields (pixel statistics, joints) into it, or the resume is refused

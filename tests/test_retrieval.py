@@ -57,6 +57,7 @@ def test_records_spec():
   assert retrieval.parse_records("~/x/1.0.0") == ("~/x/1.0.0", None)
 
 
+@pytest.mark.e2e  # a whole training run (20-40 s)
 def test_end_to_end_on_synthetic_records(tmp_path):
   from data_prep import synthetic  # pylint: disable=g-import-not-at-top
   from configs import demo  # pylint: disable=g-import-not-at-top
