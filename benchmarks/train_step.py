@@ -33,7 +33,10 @@ compile_s / hlo_flops / peak mean there), top level: impl, impl_version, threads
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
 `pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them, and
-`python -m benchmarks.malloc_ab` compares malloc settings interleaved.
+`python -m benchmarks.malloc_ab` compares malloc settings interleaved. It also adds
+pgvt_jax.xla_flags' CPU flags to XLA_FLAGS (as pgvt_jax.main does); the XLA_FLAGS in effect
+are recorded (field xla_flags), and
+`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true` measures XLA's default.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ import sys
 import time
 
 from benchmarks import timing
-from pgvt_jax import malloc_tuning
+from pgvt_jax import malloc_tuning, xla_flags
 
 if __name__ == "__main__":
   malloc_tuning.reexec_with_tunables()
+  xla_flags.set_cpu_flags()  # as pgvt_jax.main does
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags
@@ -178,7 +182,8 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
       "impl": "jax", "impl_version": jax.__version__, "jax_version": jax.__version__,
       "threads": timing.cpu_threads(), "peak_flops_per_s": peak_flops, "peak_source": peak_source,
       "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1",
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "xla_flags": os.environ.get("XLA_FLAGS", "")}
   results = {}
   if mode in ("train", "both"):
     host = synthetic_batch(config.model, batch, config.model.num_classes)

@@ -13,16 +13,18 @@ evaluate); 143 preempted by SIGTERM after saving a checkpoint (rerun to resume).
 
 On Linux/glibc the process re-execs itself once with malloc tunables that keep XLA:CPU's
 per-step scratch memory mapped between steps (pgvt_jax/malloc_tuning.py;
-PGVT_JAX_MALLOC_TUNING=0 opts out).
+PGVT_JAX_MALLOC_TUNING=0 opts out), and adds XLA:CPU's memory-minimising scheduler to XLA_FLAGS
+(pgvt_jax/xla_flags.py; a flag already in XLA_FLAGS wins).
 """
 
 import logging as logging_std
 import sys
 
-from pgvt_jax import malloc_tuning
+from pgvt_jax import malloc_tuning, xla_flags
 
-if __name__ == "__main__":  # before JAX starts: keep XLA:CPU's per-step scratch mapped
+if __name__ == "__main__":  # before JAX starts: keep XLA:CPU's per-step scratch mapped...
   malloc_tuning.reexec_with_tunables()
+  xla_flags.set_cpu_flags()  # ...and small (a memory-minimising XLA:CPU schedule)
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax

@@ -291,7 +291,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from pgvt_jax import config_files  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import config_files, xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_cpu_flags()  # before JAX starts (pgvt_jax/xla_flags.py)
   config_files.DEFINE_config_file("config", None, "Training config (default: <workdir>/"
                                   "config.json).", lock_config=False)
   flags.mark_flags_as_required(["workdir", "query", "gallery"])

@@ -325,4 +325,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from pgvt_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_cpu_flags()  # before JAX starts (pgvt_jax/xla_flags.py)
   main()
