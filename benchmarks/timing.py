@@ -28,13 +28,18 @@ def time_steps(run, n_steps: int, warmup: int) -> dict:
   """Runs `run()` (which must block) warmup + n_steps times; per-step times and rusage."""
   for _ in range(warmup):
     run()
-  times = []
+  times, faults, peaks = [], [], []
   before = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(n_steps):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times.append(timed(run))
+    # Per step: the allocator's state can change mid-run (benchmarks/NOTES.md 1, 10).
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+    peaks.append(peak_rss_bytes())
   after = resource.getrusage(resource.RUSAGE_SELF)
   return {"step_s": statistics.median(times), "step_s_min": min(times),
-          "step_s_max": max(times), "timed_steps": n_steps,
+          "step_s_max": max(times), "timed_steps": n_steps, "step_s_each": times,
+          "minor_faults_each_step": faults, "peak_rss_each_step_bytes": peaks,
           "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / n_steps,
           "system_s_per_step": (after.ru_stime - before.ru_stime) / n_steps,
           "user_s_per_step": (after.ru_utime - before.ru_utime) / n_steps}

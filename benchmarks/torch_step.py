@@ -84,7 +84,8 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
        "threads": child["threads"], "peak_flops_per_s": child["peak_flops_per_s"],
        "peak_source": child["peak_source"],
        "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1",
-       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+       "xla_flags": os.environ.get("XLA_FLAGS", "")}  # same keys as the JAX side; unused here
   counts = train_step.jaxpr_flops(config, batch, mode)
   for name in ("train", "inference"):
     if name in child:

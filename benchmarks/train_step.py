@@ -30,6 +30,8 @@ compile_s / hlo_flops / peak mean there), top level: impl, impl_version, threads
   temp_bytes        the compiled step's scratch (memory_analysis temp_size_in_bytes):
                     XLA's buffer plan, deterministic and load-free (remat policies)
   minor_faults_per_step, system_s_per_step  getrusage deltas over the timed steps
+  step_s_each, minor_faults_each_step, peak_rss_each_step_bytes  per timed step (the
+                    allocator's state can change mid-run: benchmarks/NOTES.md 1, 10)
 
 On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
 `pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them, and

@@ -70,6 +70,10 @@ def test_harness_reports_sane_fields(jax_result):
     s = r[mode]
     assert s["timed_steps"] == 3
     assert 0 < s["step_s_min"] <= s["step_s"] <= s["step_s_max"]
+    assert len(s["step_s_each"]) == len(s["minor_faults_each_step"]) == 3
+    assert min(s["step_s_each"]) == s["step_s_min"] and max(s["step_s_each"]) == s["step_s_max"]
+    peaks = s["peak_rss_each_step_bytes"]
+    assert peaks == sorted(peaks) and 2**20 < peaks[-1] <= r["peak_memory_bytes"]  # a running peak
     assert s["clips_per_s"] == pytest.approx(2 / s["step_s"])
     assert s["compile_s"] > 0 and s["minor_faults_per_step"] >= 0
     assert s["mfu"] == pytest.approx(s["model_flops"] / s["step_s"] / peak)
