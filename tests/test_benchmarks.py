@@ -59,6 +59,7 @@ def jax_result(fast_compiles):
                          peak=(peak, "test"))
 
 
+@pytest.mark.e2e  # the harness on a whole config (~21 s of fixture)
 def test_harness_reports_sane_fields(jax_result):
   config = _tiny("pgvt")
   r = jax_result
@@ -91,6 +92,7 @@ def _keys(r: dict) -> dict:
           for k, v in r.items()}
 
 
+@pytest.mark.e2e  # needs jax_result (above)
 def test_torch_impl_emits_the_jax_fields(jax_result):
   pytest.importorskip("torch")
   from benchmarks import torch_step  # pylint: disable=g-import-not-at-top

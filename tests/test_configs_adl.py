@@ -36,6 +36,7 @@ def _memory_source(layout: str, num_classes: int, n: int = 4) -> data.Source:
   return data.Source(records, sk, num_classes)
 
 
+@pytest.mark.e2e  # whole trainings (13-15 s each)
 @pytest.mark.parametrize("dataset,arg", [
     ("nucla", "vit_b16"),             # baseline on CLIP + AIM
     ("smarthome", "paab,vit_b16"),    # PAAB on CLIP + AIM

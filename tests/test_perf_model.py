@@ -131,6 +131,7 @@ def test_remat_policies_are_validated():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # three whole train-step compiles (~40 s)
 def test_remat_needs_less_temp_memory():
   """memory_analysis is the compiled program's buffer plan: deterministic, load-free."""
   temp = {}

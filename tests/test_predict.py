@@ -10,6 +10,10 @@ import pytest
 from pgvt_jax import predict
 from tests.predict_fixtures import NUM_CLASSES, render_mp4, tiny_config
 
+# The module's tests share whole trainings (a 150-step run and three 2-step runs: ~90 s of
+# fixtures), so they run with the end-to-end tests (`-m e2e`; CI runs both).
+pytestmark = pytest.mark.e2e
+
 
 def write_npz(path, keypoints):
   """keypoints (T, V, 2) -> the `.npz` pose format data_prep reads (M, T, V, 2)."""

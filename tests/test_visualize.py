@@ -124,6 +124,7 @@ def test_fig2_grid_png(tmp_path):
 from tests.predict_fixtures import render_mp4, tiny_config  # noqa: E402  (fixtures: conftest)
 
 
+@pytest.mark.e2e  # two whole (short) trainings from the predict fixtures
 def test_cli_fig2_for_pgvt_and_baseline_runs(short_runs, tmp_path):
   video = tmp_path / "clip.mp4"
   kp = render_mp4(video, 1, seed=11)
