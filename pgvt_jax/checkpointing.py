@@ -1,93 +1,68 @@
-"""Checkpoints in the workdir: train state + input-iterator state, saved together, async.
+"""Checkpoints in the workdir: train state + input position, saved together, async; and the
+one reader every consumer (resume, evaluate, predict, retrieval, visualize, init_from) uses.
 
     <workdir>/checkpoints/<step>/{state, data, meta}   latest `keep` steps (resume from here)
     <workdir>/best/<step>/{state, meta}                the best step by `best_metric`
 
 `state` holds what training changes: trainable params, optimizer state, step, RNG. The frozen
-CLIP backbone is not copied into every checkpoint; `meta` records where it came from and its
-checksum, and resuming checks that the same backbone is loaded. Orbax writes each step to a
-temporary directory and renames it when complete, so a run killed at any moment leaves only
-whole checkpoints behind.
+backbone is not copied into every checkpoint; `meta` records where it came from and its
+checksum, the config, and the data position. Orbax writes each step aside and renames it when
+complete, so a run killed at any moment leaves only whole checkpoints behind.
 
-Integrity: once a step is complete, `<step>/checksums.json` records the SHA-256 of every file
-in it. A restore verifies them (a step without them, from before checksums existed or killed in
-the instant after orbax finished it, is restored unverified with a warning) and, when a step is damaged (bytes flipped, a file truncated or
-deleted) or fails to restore, warns and falls back to the previous kept step; the damaged step
-is moved to `<workdir>/corrupt_checkpoints/` (kept for inspection, never reused).
+Topology: `state` is restored into the shardings of the CURRENT mesh (orbax reshards), so a
+run written by 2 processes x 4 devices resumes on 1 x 1, 1 x 8 or 2 x 4, and is read for
+inference on one device. `data` is grain's per-process iterator state (`process_<i>-of-<n>.json`);
+`meta["data_position"]` is the same position counted in GLOBAL batches, which does not depend on
+the process count (global batch b is a pure function of (seed, b): pgvt_jax/data/pipeline.py).
+A resume on the same process count restores grain's state; on another it seeks to the global
+position (`Checkpointer.data_restored` says which happened).
 
-For inference: `restore_params(workdir)` returns a workdir's trainable params (best, else
-latest, verified) without building the model.
+Integrity (pgvt_jax/checkpoint_integrity.py): a step is moved to `<workdir>/corrupt_checkpoints/`
+only when its checksums fail or its files are unreadable, and only by the trainer; every host
+verifies and all agree before anything moves. A step whose bytes are intact but does not restore
+(another model, a changed tree, a storage error) raises `CheckpointRestoreError` naming the cause
+and touches nothing. Readers for inference never move anything: they skip a damaged step with a
+warning.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
-import shutil
 import time
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pgvt_jax.checkpoint_integrity import (CHECKSUMS_FILE, UNVERIFIED, as_path,  # noqa: F401
+                                           file_checksum, finished_steps, verify,
+                                           write_checksums)
 
-def file_checksum(path: str | Path, chunk: int = 1 << 24) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(chunk):
-      h.update(block)
-  return h.hexdigest()
-
-
-CHECKSUMS_FILE = "checksums.json"
+verify_checksums = verify  # the name the tests and older code use
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
 class CheckpointIntegrityError(RuntimeError):
-  """No kept checkpoint passes its integrity check / restores."""
+  """No kept checkpoint is intact (damaged ones were moved aside, or none is left)."""
 
 
-def _step_files(step_dir: Path) -> list[Path]:
-  return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+class CheckpointRestoreError(RuntimeError):
+  """An intact checkpoint that does not restore here; nothing was moved."""
 
 
-def write_checksums(step_dir: str | Path) -> None:
-  """Records the SHA-256 of every file of a complete step (written aside, then renamed)."""
-  step_dir = Path(step_dir)
-  sums = {str(p.relative_to(step_dir)): file_checksum(p) for p in _step_files(step_dir)}
-  tmp = step_dir / f".{CHECKSUMS_FILE}.tmp"
-  tmp.write_text(json.dumps({"sha256": sums}, indent=1, sort_keys=True) + "\n")
-  os.replace(tmp, step_dir / CHECKSUMS_FILE)
-
-
-UNVERIFIED = "unverified"
-
-
-def verify_checksums(step_dir: str | Path) -> Optional[str]:
-  """None if the step matches its checksums, UNVERIFIED without them, else what is wrong."""
-  step_dir = Path(step_dir)
-  path = step_dir / CHECKSUMS_FILE
-  if not path.exists():
-    return UNVERIFIED
-  try:
-    sums = json.loads(path.read_text())["sha256"]
-  except (ValueError, KeyError, TypeError) as e:
-    return f"{path} is unreadable ({e})"
-  for rel, digest in sums.items():
-    f = step_dir / rel
-    if not f.is_file():
-      return f"{f} is missing"
-    if file_checksum(f) != digest:
-      return f"{f} does not match its checksum (modified or truncated)"
-  extra = {str(p.relative_to(step_dir)) for p in _step_files(step_dir)} - set(sums)
-  if extra:
-    return f"{step_dir} holds files not in its checksums: {sorted(extra)[:3]}"
-  return None
+def _any_host(flag: bool) -> bool:
+  """Whether `flag` holds on any host; every host must call it at the same point."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def all_finite(tree: Any) -> bool:
@@ -103,22 +78,38 @@ def _all_finite(leaves):
   return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))
 
 
-class Checkpointer:
-  """Latest-N manager (state + data iterator) and a best-by-metric manager (state only)."""
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs carrying each leaf's sharding, the target layout for a restore."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
 
-  def __init__(self, workdir: str | Path, *, keep: int = 2, best_metric: str = "eval/top1",
-               async_save: bool = True):
-    workdir = Path(workdir).absolute()
-    self.workdir = workdir
+
+def _restore_cause(e: BaseException) -> str:
+  text = f"{type(e).__name__}: {str(e)[:600]}"
+  if "structure" in text.lower() or "shape" in text.lower() or "not found" in text.lower():
+    hint = ("the checkpoint holds another model/optimizer tree than this config builds (a "
+            "changed model or optimizer field, or a workdir of another run)")
+  else:
+    hint = "a storage or topology problem (is every host reading the same workdir?)"
+  return f"{text}. Likely cause: {hint}"
+
+
+class Checkpointer:
+  """The trainer's checkpoints: latest-N (state + data position) and best-by-metric (state)."""
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 2,
+               best_metric: str = "eval/top1", async_save: bool = True):
+    self.workdir = as_path(workdir)
     self._unsealed: set = set()  # (manager, step) saved by this run, checksums not yet written
     self.best_metric = best_metric
+    self.data_restored = False   # the last restore set grain's own state (same process count)
     self.latest = ocp.CheckpointManager(
-        workdir / "checkpoints",
+        self.workdir / "checkpoints",
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save,
                                              cleanup_tmp_directories=True))
     self.best = ocp.CheckpointManager(
-        workdir / "best",
+        self.workdir / "best",
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=self._best_fn,
                                              best_mode="max", create=True,
                                              keep_checkpoints_without_metrics=False,
@@ -140,7 +131,7 @@ class Checkpointer:
     if jax.process_index() != 0:
       return
     for mgr, step in list(self._unsealed):
-      step_dir = Path(mgr.directory) / str(step)
+      step_dir = epath.Path(mgr.directory) / str(step)
       if mgr.is_saving_in_progress():
         continue
       if step_dir.is_dir():
@@ -158,6 +149,7 @@ class Checkpointer:
 
     `data_iter`: a grain DatasetIterator, or a frozen state with `get_state()` (the training
     loop passes `DevicePrefetcher.consumed_state()`: the position of the batches consumed).
+    `meta["data_position"]` should hold the same position in global batches.
 
     Refuses (FloatingPointError) a state with NaN/inf leaves: a kept checkpoint is always finite.
     """
@@ -187,39 +179,71 @@ class Checkpointer:
     return started
 
   def _quarantine(self, mgr, step: int, why: str) -> None:
-    """Moves a damaged step out of the manager's directory (kept for inspection)."""
-    src = Path(mgr.directory) / str(step)
+    """Moves one damaged step out of the manager's directory (kept for inspection). Every
+    host calls it (they agreed on the verdict), so the barrier is entered by all."""
+    src = epath.Path(mgr.directory) / str(step)
     if jax.process_index() == 0 and src.exists():
-      dst = self.workdir / CORRUPT_DIR / f"{Path(mgr.directory).name}-{step}-{int(time.time())}"
+      dst = self.workdir / CORRUPT_DIR / f"{epath.Path(mgr.directory).name}-{step}-{int(time.time())}"
       dst.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(src), str(dst))
+      src.rename(dst)
       (dst / "WHY.txt").write_text(why + "\n")
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f"quarantined {step}")
+      multihost_utils.sync_global_devices(f"quarantined {mgr.directory} {step}")
     mgr.reload()
 
-  def _restore_verified(self, mgr, args_fn, steps: list[int], what: str):
-    """Tries `steps` newest first; damaged ones are warned about, quarantined and skipped."""
+  def _restore_verified(self, mgr, args_fn: Callable[[int], Any], steps: list[int], what: str):
+    """Tries `steps` newest first: damaged ones (checksums) are quarantined and skipped; an
+    intact one that fails to restore stops with CheckpointRestoreError, moving nothing."""
     errors = []
     for step in sorted(steps, reverse=True):
-      why = verify_checksums(Path(mgr.directory) / str(step))
+      step_dir = epath.Path(mgr.directory) / str(step)
+      why = verify(step_dir)
       if why == UNVERIFIED:  # written before checksums existed, or killed right after saving
         logging.warning("%s checkpoint at step %d has no %s: restoring it unverified", what,
                         step, CHECKSUMS_FILE)
-        why = None
-      if why is None:
-        try:
-          return mgr.restore(step, args=args_fn()), step
-        except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors vary
-          why = f"restore failed: {type(e).__name__}: {str(e)[:300]}"
-      logging.warning("%s checkpoint at step %d is damaged (%s); falling back to the previous "
-                      "kept step. It is moved to %s.", what, step, why,
-                      self.workdir / CORRUPT_DIR)
-      errors.append(f"step {step}: {why}")
-      self._quarantine(mgr, step, why)
+      damaged = why not in (None, UNVERIFIED)
+      if _any_host(damaged):  # all hosts move on together, or none does
+        why = why if damaged else "damaged as seen from another host"
+        logging.warning("%s checkpoint at step %d is damaged (%s); falling back to the "
+                        "previous kept step. It is moved to %s.", what, step, why,
+                        self.workdir / CORRUPT_DIR)
+        errors.append(f"step {step}: {why}")
+        self._quarantine(mgr, step, why)
+        continue
+      failure = None
+      try:
+        restored = mgr.restore(step, args=args_fn(step))
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors vary
+        failure = e
+      if _any_host(failure is not None):
+        cause = _restore_cause(failure) if failure is not None else "failed on another host"
+        raise CheckpointRestoreError(
+            f"{what} checkpoint {step_dir} is intact ({'checksums verified' if why is None else 'unverified'}) "
+            f"but could not be restored: {cause}. Nothing was moved or deleted.") from failure
+      return restored, step
     raise CheckpointIntegrityError(
-        f"no usable {what} checkpoint in {mgr.directory}: " + "; ".join(errors))
+        f"no usable {what} checkpoint in {mgr.directory}: " + "; ".join(errors) +
+        f". The damaged steps are in {self.workdir / CORRUPT_DIR} (inspect them; a rerun "
+        "refuses to start from scratch while they are the only steps of this workdir).")
+
+  def check_not_emptied(self) -> None:
+    """A workdir whose only steps were quarantined must not silently train from step 0."""
+    if self.all_steps():
+      return
+    bad = sorted(p.name for p in (self.workdir / CORRUPT_DIR).iterdir()
+                 if p.name.startswith("checkpoints-")) if (
+                     self.workdir / CORRUPT_DIR).is_dir() else []
+    if bad:
+      raise CheckpointIntegrityError(
+          f"{self.workdir}/checkpoints holds no step, but damaged steps of this run were moved "
+          f"to {self.workdir / CORRUPT_DIR}: {bad}. Starting again from step 0 would lose the "
+          "run: restore an intact copy of a step into checkpoints/, or move "
+          f"{CORRUPT_DIR}/ away to really start from scratch.")
+
+  def _has_grain_state(self, step: int) -> bool:
+    pi, pc = jax.process_index(), jax.process_count()
+    return (epath.Path(self.latest.directory) / str(step) / "data" /
+            f"process_{pi}-of-{pc}.json").exists()
 
   def restore(self, abstract_state: Any, data_iter: Optional[grain.DatasetIterator],
               step: Optional[int] = None) -> tuple[Any, dict]:
@@ -227,22 +251,27 @@ class Checkpointer:
 
     `step=None`: the newest step that passes its integrity check (older ones are fallbacks).
     An explicit `step` must be kept and intact; newer steps are left alone (see `drop_after`).
+    The iterator gets grain's own state when this process count saved one; otherwise the
+    caller seeks it to `meta["data_position"]` (`self.data_restored` is False).
     """
     self.wait()
     kept = self.all_steps()
     if step is not None and step not in kept:
       raise FileNotFoundError(f"restore_step={step} is not a kept checkpoint in "
                               f"{self.latest.directory}; kept steps: {kept}")
+    with_data = {}
 
-    def args():
+    def args(s):
       items = {"state": ocp.args.StandardRestore(abstract_state),
                "meta": ocp.args.JsonRestore()}
-      if data_iter is not None:
+      with_data[s] = data_iter is not None and self._has_grain_state(s)
+      if with_data[s]:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       return ocp.args.Composite(**items)
 
     restored, step = self._restore_verified(
         self.latest, args, kept if step is None else [step], "latest")
+    self.data_restored = with_data.get(step, False)
     logging.info("Restored checkpoint at step %d", step)
     return restored["state"], restored["meta"]
 
@@ -261,8 +290,8 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"no best checkpoint in {self.best.directory}")
     best = self.best.best_step()
-    args = lambda: ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      meta=ocp.args.JsonRestore())
+    args = lambda s: ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                        meta=ocp.args.JsonRestore())
     restored, step = self._restore_verified(self.best, args, [best] if best is not None
                                             else steps, "best")
     return restored["state"], restored["meta"], step
@@ -278,58 +307,121 @@ class Checkpointer:
     self.best.close()
 
 
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs carrying each leaf's sharding, the target layout for a restore."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      tree)
+# ----------------------------------------------------------------------------- reading
 
 
-def has_checkpoint(workdir: str | Path) -> bool:
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
   """Whether `workdir` holds any finished step (checked without creating anything)."""
-  return any(p.name.isdigit() for d in ("checkpoints", "best")
-             if (Path(workdir) / d).is_dir() for p in (Path(workdir) / d).iterdir())
+  workdir = as_path(workdir)
+  return bool(finished_steps(workdir / "checkpoints") or finished_steps(workdir / "best"))
 
 
-def read_latest_meta(workdir: str | Path) -> Optional[tuple[int, dict]]:
+def _read_meta(step_dir: epath.Path) -> dict:
+  path = step_dir / "meta" / "metadata"
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_latest_meta(workdir: str | os.PathLike) -> Optional[tuple[int, dict]]:
   """(step, meta) of the newest finished step of `workdir`, read without building a model."""
-  root = Path(workdir) / "checkpoints"
-  if not root.is_dir():
-    return None
-  steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
-  for step in steps:
+  root = as_path(workdir) / "checkpoints"
+  for step in reversed(finished_steps(root)):
     try:
-      with ocp.CheckpointManager(root, item_names=("meta",),
-                                 options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
-        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      return step, meta
-    except Exception:  # pylint: disable=broad-except  # damaged: the restore falls back too
+      return step, _read_meta(root / str(step))
+    except (OSError, ValueError):  # damaged: the restore falls back too
       continue
   return None
 
 
-def restore_params(workdir: str | Path, *, which: str = "best") -> tuple[Any, dict, int]:
-  """A workdir's trainable params for inference: `(params, meta, step)`.
+@dataclasses.dataclass(frozen=True)
+class StepRef:
+  """One finished, intact (or unverified) step of a workdir, found by `find_step`."""
+  directory: epath.Path   # <workdir>/<kind>/<step>
+  kind: str               # "best" | "checkpoints"
+  step: int
 
-  `which="best"` takes the best checkpoint, else the latest; `"latest"` the latest. Checksums
-  are verified (damaged steps fall back like a training resume). Params come back as host
-  NumPy arrays in the tree the model's `trainable` split has; merge them with the frozen
-  backbone (`meta["backbone"]`) to apply the model.
+  @property
+  def meta(self) -> dict:
+    return _read_meta(self.directory)
+
+  def saved_tree(self) -> Any:
+    """The saved state's tree of array metadata (shape, dtype): no array is read."""
+    with ocp.StandardCheckpointer() as ckpt:
+      return ckpt.metadata(self.directory / "state").item_metadata.tree
+
+
+def find_step(workdir: str | os.PathLike, *, which: str = "best",
+              step: Optional[int] = None) -> StepRef:
+  """The step a consumer reads: `step` from checkpoints/ if given, else the best (which="best",
+  falling back to the latest) or the latest (which="latest"). Damaged steps are skipped with a
+  warning (never moved: only the trainer quarantines). Raises FileNotFoundError when there is
+  no checkpoint, CheckpointIntegrityError when none is intact."""
+  workdir = as_path(workdir)
+  if which not in ("best", "latest"):
+    raise ValueError(f"which={which!r}; expected 'best' or 'latest'")
+  if step is not None:
+    kept = finished_steps(workdir / "checkpoints")
+    if step not in kept:
+      raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; kept steps: {kept}")
+    candidates = [("checkpoints", step)]
+  else:
+    kinds = ("best", "checkpoints") if which == "best" else ("checkpoints",)
+    candidates = [(k, s) for k in kinds for s in reversed(finished_steps(workdir / k))]
+  if not candidates:
+    raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best/<step> or "
+                            f"{workdir}/checkpoints/<step>)")
+  damaged = []
+  for kind, s in candidates:
+    why = verify(workdir / kind / str(s))
+    if why in (None, UNVERIFIED):
+      return StepRef(workdir / kind / str(s), kind, s)
+    logging.warning("%s/%d is damaged (%s); trying an older step", kind, s, why)
+    damaged.append(f"{kind}/{s}: {why}")
+  raise CheckpointIntegrityError(f"no intact checkpoint in {workdir}: " + "; ".join(damaged))
+
+
+def replicated_sharding(devices=None) -> NamedSharding:
+  """Every array whole on every device (of all processes): the default target of `read`."""
+  devices = jax.devices() if devices is None else devices
+  return NamedSharding(Mesh(np.asarray(devices), ("devices",)), P())
+
+
+def read(ref: StepRef, target: Any = None, *, sharding: Any = None) -> Any:
+  """The saved state of `ref`, restored into the CURRENT devices, whatever wrote it.
+
+  Args:
+    ref: from `find_step`.
+    target: a tree of ShapeDtypeStructs with shardings (e.g. `abstract_like(state)`), or None:
+      the saved tree, every leaf placed with `sharding`.
+    sharding: the sharding of every leaf when `target` is None (default: replicated over all
+      devices, so any host can read any leaf: `to_host`).
   """
-  workdir = Path(workdir)
-  if not has_checkpoint(workdir):
-    raise FileNotFoundError(f"no checkpoint in {workdir}")
-  for name in (("best", "checkpoints") if which == "best" else ("checkpoints",)):
-    root = workdir / name
-    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()),
-                   reverse=True) if root.is_dir() else []
-    for step in steps:
-      why = verify_checksums(root / str(step))
-      if why not in (None, UNVERIFIED):
-        logging.warning("%s/%d is damaged (%s); trying an older step", name, step, why)
-        continue
-      with ocp.StandardCheckpointer() as ckpt:
-        state = ckpt.restore(root / str(step) / "state")
-      meta = json.loads((root / str(step) / "meta" / "metadata").read_text()) if (
-          root / str(step) / "meta" / "metadata").exists() else {}
-      return jax.tree.map(np.asarray, state["params"]), meta, step
-  raise CheckpointIntegrityError(f"no intact checkpoint in {workdir}")
+  if target is None:
+    sharding = replicated_sharding() if sharding is None else sharding
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                                         sharding=sharding), ref.saved_tree())
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      return ckpt.restore(ref.directory / "state", target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointRestoreError(f"{ref.directory} could not be restored: "
+                                 f"{_restore_cause(e)}") from e
+
+
+def to_host(tree: Any) -> Any:
+  """Host NumPy copies of a tree's arrays, also of arrays spread over several processes
+  (fully replicated: this host's copy; sharded: gathered from all hosts)."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)
+
+
+def restore_params(workdir: str | os.PathLike, *, which: str = "best",
+                   step: Optional[int] = None) -> tuple[Any, dict, int]:
+  """A workdir's trainable params for inference: `(params, meta, step)` as host NumPy arrays,
+  from any topology. Merge them with the frozen backbone (`meta["backbone"]`) to apply."""
+  ref = find_step(workdir, which=which, step=step)
+  return to_host(read(ref)["params"]), ref.meta, ref.step

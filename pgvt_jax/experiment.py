@@ -125,7 +125,7 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
   shapes = factory.param_shapes(model)
   param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
   params, meta = load_params(config, model, param_sh)
-  if not any((workdir / "checkpoints").glob("[0-9]*")):  # a resumed run has its own weights
+  if not checkpointing.finished_steps(workdir / "checkpoints"):  # a resume has its own weights
     params = init_from.maybe_apply(config, params, meta, param_sh)
   if config.freeze_backbone:
     trainable, frozen = factory.split_params(model_cfg, params)

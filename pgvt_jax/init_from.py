@@ -16,15 +16,14 @@ fused run that already holds a checkpoint resumes from it instead (init_from is 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
+from pgvt_jax import checkpointing
 from pgvt_jax.models import common
 
 
@@ -34,21 +33,19 @@ def config() -> ml_collections.ConfigDict:
 
 
 def read_trained(workdir: str, field: str) -> tuple[dict, dict]:
-  """(trainable params, meta) of the latest checkpoint in `workdir`, as host arrays."""
-  ckpt_dir = Path(workdir).expanduser().absolute() / "checkpoints"
-  mgr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
-      create=False, read_only=True)) if ckpt_dir.is_dir() else None
-  step = mgr.latest_step() if mgr is not None else None
-  if step is None:
+  """(trainable params, meta) of the latest finished checkpoint in `workdir`, as host arrays
+  (any topology wrote it; a save killed mid-write, `<step>.orbax-checkpoint-tmp-*`, is not a
+  step and a damaged step is skipped, both with the previous step used instead)."""
+  try:
+    ref = checkpointing.find_step(workdir, which="latest")
+  except FileNotFoundError:
     raise FileNotFoundError(
-        f"config.init_from.{field}={workdir!r}: no checkpoint under {ckpt_dir}; train the "
-        f"{field}-only model into that workdir first (see pgvt_jax/init_from.py)")
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  mgr.close()
-  logging.info("init_from.%s: step %d of %s", field, step, workdir)
-  params = jax.tree.map(np.asarray, restored["state"]["params"])
-  return params, dict(restored["meta"] or {})
+        f"config.init_from.{field}={workdir!r}: no finished checkpoint under "
+        f"{checkpointing.as_path(workdir) / 'checkpoints'}; train the {field}-only model into "
+        "that workdir first (see pgvt_jax/init_from.py)") from None
+  logging.info("init_from.%s: step %d of %s", field, ref.step, workdir)
+  params = checkpointing.to_host(checkpointing.read(ref)["params"])
+  return params, dict(ref.meta or {})
 
 
 def fused_head(init_head: Mapping[str, Any], pose_head: Mapping[str, Any],
@@ -100,5 +97,5 @@ def maybe_apply(cfg: ml_collections.ConfigDict, params: Any, meta: Mapping,
   src = cfg.get("init_from") or {}
   if not src.get("pose", "") and not src.get("video", ""):
     return params
-  merged = apply(cfg, jax.device_get(params), meta)
+  merged = apply(cfg, checkpointing.to_host(params), meta)  # gathered on every host
   return jax.device_put(jax.tree.map(np.asarray, merged), shardings)

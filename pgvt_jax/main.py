@@ -65,7 +65,7 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count())
   config = _CONFIG.value
   expected = (workdir_lib.ConfigError, workdir_lib.WorkdirLockedError, FloatingPointError,
-              checkpointing.CheckpointIntegrityError)
+              checkpointing.CheckpointIntegrityError, checkpointing.CheckpointRestoreError)
   try:
     if _MODE.value == "evaluate":
       metrics = train.evaluate(config, _WORKDIR.value)

@@ -35,6 +35,16 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
                        axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
+def fit_to_devices(cfg: ml_collections.ConfigDict, devices=None) -> ml_collections.ConfigDict:
+  """`cfg` (config.mesh) for a run READ on other devices than it trained on (evaluation,
+  retrieval on one GPU of a pod-trained run): fsdp becomes gcd(fsdp, device count), which
+  divides both. Shardings never change results, only where arrays live."""
+  n = len(jax.devices() if devices is None else devices)
+  fitted = ml_collections.ConfigDict(cfg.to_dict())
+  fitted.fsdp = int(np.gcd(max(int(cfg.fsdp), 1), n))
+  return fitted
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 

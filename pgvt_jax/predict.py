@@ -136,38 +136,29 @@ def _factory():
     return pgvt
 
 
-def restore_trainable(config, model, workdir: Path, step: Optional[int] = None):
+def restore_trainable(config, model, workdir, step: Optional[int] = None):
   """(trainable params, meta, step) of the best checkpoint (else the latest), or `step`.
 
-  The saved params are compared with the ones the config's model has before anything is
-  restored into it, so a checkpoint of another variant or class count is named as such.
+  Read through `checkpointing.find_step`/`read` (any topology wrote it; damaged steps are
+  skipped, never moved). The saved params are compared with the ones the config's model has
+  before any array is read, so a checkpoint of another variant or class count is named as such.
   """
   shapes = _factory().param_shapes(model)
   expected = common.split_params(shapes)[0] if config.freeze_backbone else shapes
-  if step is None:
-    try:
-      params, meta, step = checkpointing.restore_params(workdir)
-    except (FileNotFoundError, checkpointing.CheckpointIntegrityError) as e:
-      raise PredictError(f"{workdir}: {e}") from None
-    check_params_fit(_flat_shapes(params), _flat_shapes(expected),
-                     f"checkpoint {workdir} step {step}", config)
-    return params, dict(meta or {}), int(step)
-  tx = optim.make_optimizer(config.optim, lambda s: 0.0,
-                            labels=common.param_labels if config.freeze_backbone else None)
-  abstract = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), expected)
-  ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   try:
-    kept = ckpt.all_steps()
-    if step not in kept:
-      raise PredictError(f"{workdir}: no checkpoint at step {step}; kept steps: {kept}")
-    saved = checkpointing.ocp.PyTreeCheckpointer().metadata(
-        Path(ckpt.latest.directory) / str(step) / "state").item_metadata["params"]
-    check_params_fit(_flat_shapes(saved), _flat_shapes(abstract["params"]),
-                     f"checkpoint {workdir}/checkpoints/{step}", config)
-    state, meta = ckpt.restore(abstract, None, step)
-  finally:
-    ckpt.close()
-  return state["params"], dict(meta or {}), int(step)
+    ref = checkpointing.find_step(workdir, step=step)
+  except (FileNotFoundError, checkpointing.CheckpointIntegrityError) as e:
+    raise PredictError(str(e)) from None
+  saved = ref.saved_tree()
+  if not isinstance(saved, dict) or "params" not in saved:
+    raise PredictError(f"{ref.directory}: not a pgvt_jax train state (no params)")
+  check_params_fit(_flat_shapes(saved["params"]), _flat_shapes(expected),
+                   f"checkpoint {ref.directory}", config)
+  try:
+    state = checkpointing.read(ref)
+  except checkpointing.CheckpointRestoreError as e:
+    raise PredictError(str(e)) from None
+  return checkpointing.to_host(state["params"]), dict(ref.meta or {}), ref.step
 
 
 # ---------------------------------------------------------------------------- predictor
@@ -319,7 +310,7 @@ def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
       that needs pose gets a video without keypoints; default `config.get("pose_extractor")`.
   """
   from pgvt_jax import experiment  # pylint: disable=g-import-not-at-top
-  workdir = Path(workdir)
+  workdir = checkpointing.as_path(workdir)  # relative paths and buckets both work
   if not workdir.is_dir():
     raise PredictError(f"{workdir}: no such workdir")
   config = load_config(workdir) if config is None else config

@@ -29,9 +29,8 @@ from absl import app, flags, logging
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from pgvt_jax import data, experiment, partitioning, steps
+from pgvt_jax import checkpointing, data, experiment, partitioning, steps
 from pgvt_jax.models import common, factory
 
 DEFAULT_KS = (1, 5, 10)
@@ -125,28 +124,18 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
 def restore_params(config: ml_collections.ConfigDict, workdir: Path):
   """(model, params, mesh): initialised/backbone params with the run's trained params over
   them (best checkpoint, else latest), every restored leaf matched by path."""
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh_cfg = partitioning.fit_to_devices(config.mesh)  # trained on a pod, read on one GPU
+  mesh = partitioning.make_mesh(mesh_cfg)
   model = factory.create_model(config.model)
   shapes = jax.eval_shape(
       lambda r: model.init(r, factory.dummy_batch(model.config))["params"],
       jax.random.PRNGKey(0))
   params, _ = experiment.load_params(config, model,
-                                     partitioning.tree_shardings(shapes, mesh, config.mesh))
-  restored, step = None, None
-  for sub in ("best", "checkpoints"):
-    if not (workdir / sub).is_dir():
-      continue
-    mgr = ocp.CheckpointManager(workdir.absolute() / sub)
-    step = mgr.best_step() if sub == "best" else mgr.latest_step()
-    if step is not None:
-      restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-      mgr.close()
-      break
-    mgr.close()
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/best or {workdir}/checkpoints")
-  logging.info("Restored %s step %d", sub, step)
-  flat, trained = common.flatten(params), common.flatten(restored["state"]["params"])
+                                     partitioning.tree_shardings(shapes, mesh, mesh_cfg))
+  ref = checkpointing.find_step(workdir)  # best, else latest; any topology wrote it
+  restored = checkpointing.read(ref)
+  logging.info("Restored %s step %d", ref.kind, ref.step)
+  flat, trained = common.flatten(params), common.flatten(restored["params"])
   unknown = sorted(set(trained) - set(flat))
   if unknown:
     raise ValueError(f"checkpoint of {workdir} has params the model of its config lacks: "
@@ -155,7 +144,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: Path):
     if tuple(v.shape) != tuple(flat[k].shape):
       raise ValueError(f"checkpoint param {k} has shape {v.shape}, the model "
                        f"{flat[k].shape}")
-    flat[k] = jax.device_put(np.asarray(v), flat[k].sharding)
+    flat[k] = jax.device_put(v, flat[k].sharding)  # replicated -> the run's mesh
   return model, common.unflatten(flat), mesh
 
 

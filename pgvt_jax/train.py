@@ -106,6 +106,33 @@ def _flush(pending: list, writer: metric_writer.MetricWriter, t_last: float,
   return means
 
 
+def _with_position(exp: Experiment, consumed) -> dict:
+  """The checkpoint's meta with the data position in global batches (any process count)."""
+  return {**exp.meta, "data_position": {
+      "global_batches": data.position(consumed.state()),
+      "global_batch_size": exp.config.data.train_batch_size,
+      "process_count": jax.process_count()}}
+
+
+def _resume_data_position(ckpt: checkpointing.Checkpointer, train_iter, meta: dict,
+                          step: int, batch_size: int) -> None:
+  """Seeks the train iterator to the checkpoint's global position when grain's per-process
+  state did not fit this run (another process count). Checkpoints from before positions were
+  recorded read one global batch per step."""
+  if ckpt.data_restored or train_iter is None:
+    return
+  saved = meta.get("data_position") or {}
+  pos = int(saved.get("global_batches", step))
+  data.seek(train_iter, pos)
+  logging.warning("Data position: global batch %d (saved by %s process(es), resumed on %d): "
+                  "the batches that follow are those an uninterrupted run reads next.", pos,
+                  saved.get("process_count", "?"), jax.process_count())
+  if saved.get("global_batch_size", batch_size) != batch_size:  # an allowed config change
+    logging.warning("The global batch size changed (%s -> %d): the position counts batches, "
+                    "so the run goes on at batch %d of the new size.",
+                    saved["global_batch_size"], batch_size, pos)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        run_evals: bool = True) -> dict:
   """Trains to config.total_steps (or num_epochs); evaluates along the way unless run_evals=False."""
@@ -134,12 +161,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
   # ---------------------------------------------------------------- resume or start
   state, train_iter = exp.state, exp.train_iter
   restore_step = cfg.get("restore_step", 0) or None
+  ckpt.check_not_emptied()  # quarantined steps only: stop, never silently restart at 0
   if ckpt.latest_step() is not None:
     restored, meta = ckpt.restore(checkpointing.abstract_like(state), train_iter,
                                   step=restore_step)
     exp.check_backbone(meta)
     state = restored
-    logging.info("Resuming from step %d in %s", int(state["step"]), workdir)
+    _resume_data_position(ckpt, train_iter, meta, int(jax.device_get(state["step"])),
+                          cfg.data.train_batch_size)
+    logging.info("Resuming from step %d in %s", int(jax.device_get(state["step"])), workdir)
   elif restore_step:
     raise FileNotFoundError(f"config.restore_step={restore_step} but {workdir} holds no "
                             "checkpoint")
@@ -191,7 +221,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
         if not checkpointing.all_finite(state):  # the update itself overflowed
           raise _diverged(f"the parameters/optimizer state became non-finite at step {step} "
                           "(the loss before the update was finite)", ckpt)
-        ckpt.save(step, state, batches.consumed_state(), exp.meta, force=True)
+        consumed = batches.consumed_state()
+        ckpt.save(step, state, consumed, _with_position(exp, consumed), force=True)
       if preempted:
         logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
         ckpt.wait()

@@ -306,3 +306,75 @@ def test_changed_config_on_resume_is_named_and_a_locked_workdir_refused(referenc
   history = [json.loads(l) for l in (workdir / "config_history.jsonl").read_text().splitlines()]
   assert history[-1]["mode"] == "evaluate" and history[-1]["config"]["optim.lr"] == 5.0
   assert history[:-1] and {h["mode"] for h in history[:-1]} == {"train"}
+
+
+# ----------------------------------------------------------------------------- topology
+def _procs(workdir: Path, data_dir: Path, n: int, devices: int, *extra: str) -> str:
+  """One run on `n` processes x `devices` devices each (localhost coordinator)."""
+  if n == 1:
+    return _run(workdir, data_dir, *extra, devices=devices)
+  port = _free_port()
+  procs = [_start(workdir, data_dir, f"--coordinator_address=127.0.0.1:{port}",
+                  f"--num_processes={n}", f"--process_id={i}", *extra, devices=devices)
+           for i in range(n)]
+  outs = [_finish(p) for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return "\n".join(outs)
+
+
+def _assert_continues(reference: Path, workdir: Path, after: int) -> None:
+  ref, got = _losses(reference), _losses(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  steps = [s for s in sorted(got) if s > after]
+  np.testing.assert_allclose([got[s] for s in steps], [ref[s] for s in steps], rtol=1e-4)
+  assert not (workdir / "corrupt_checkpoints").exists()
+
+
+def test_a_run_moves_between_topologies_and_every_consumer_reads_it(reference, tmp_path,
+                                                                    data_dir, monkeypatch):
+  """2 processes x 4 devices with FSDP -> 1 x 1 (from step 4) -> 1 x 8 (from 8) -> back on
+  2 x 4 (from the 8 that 1 x 1 saved), and predict, retrieval, visualize and init_from read the 2 x 4 run on
+  this process's one device. The data position is global: every leg continues the reference's
+  loss curve (1 device vs 8 differ only by float rounding)."""
+  fsdp = ("--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=1024")
+  pod = tmp_path / "pod"
+  _procs(pod, data_dir, 2, 4, *fsdp)
+  _assert_continues(reference, pod, 0)
+  leg = _copy(pod, tmp_path / "one")  # 2 x 4 -> 1 x 1
+  out = _procs(leg, data_dir, 1, 1, "--config.restore_step=4")
+  assert "Data position: global batch 4 (saved by 2 process(es), resumed on 1)" in out
+  _assert_continues(reference, leg, 4)
+  leg = _copy(leg, tmp_path / "eight")  # 1 x 1 -> 1 x 8 (grain's own state: same count)
+  out = _procs(leg, data_dir, 1, 8, *fsdp, "--config.restore_step=8")
+  assert "Resuming from step 8" in out and "Data position" not in out
+  _assert_continues(reference, leg, 8)
+  leg = _copy(leg, tmp_path / "back")  # -> 2 x 4 from step 8, which the 1 x 1 leg saved
+  out = _procs(leg, data_dir, 2, 4, *fsdp, "--config.restore_step=8")
+  assert "Data position: global batch 8 (saved by 1 process(es), resumed on 2)" in out
+  _assert_continues(reference, leg, 8)
+
+  # The consumers, in this process (one CPU device), from a relative path.
+  from pgvt_jax import checkpointing, init_from, predict, retrieval, visualize  # pylint: disable=g-import-not-at-top
+  from tests.predict_fixtures import render_mp4  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  # The latest step's params (checkpoints/12), read on this one device; predict reads best/12.
+  saved = checkpointing.restore_params(pod, which="latest")[0]
+  pred = predict.load("pod")
+  assert pred.step == STEPS
+  for x, y in zip(jax.tree_util.tree_leaves(pred.trainable), jax.tree_util.tree_leaves(saved)):
+    np.testing.assert_array_equal(x, y)  # the state carries over exactly
+  trained, _ = init_from.read_trained("pod", "pose")
+  for x, y in zip(jax.tree_util.tree_leaves(trained), jax.tree_util.tree_leaves(saved)):
+    np.testing.assert_array_equal(x, y)
+  records = json.loads((pod / "config.json").read_text())["data"]["builder_dir"]
+  result = retrieval.run("pod", f"{records}:test", f"{records}:test", out_dir="ret")
+  assert 0 <= result["R@1"] <= 1
+  kp = render_mp4(tmp_path / "clip.mp4", 1, seed=3)
+  np.savez(tmp_path / "clip.npz", keypoint=kp[None], keypoint_score=np.ones((1,) + kp.shape[:2]))
+  assert predict.run(["predict", "--workdir=pod", "--video=clip.mp4",
+                      "--keypoints=clip.npz"]) == 0
+  assert visualize.run(["visualize", "--workdir=pod", "--video=clip.mp4",
+                        "--keypoints=clip.npz", "--out=figs"]) == 0
+  assert list((tmp_path / "figs").glob("*.png"))
+  assert not (pod / checkpointing.CORRUPT_DIR).exists()

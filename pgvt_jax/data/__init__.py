@@ -40,6 +40,7 @@ from pgvt_jax.data.augment import CLIP_MEAN, CLIP_STD
 from pgvt_jax.data.config import get_config, validate
 from pgvt_jax.data.pipeline import (EvalInfo, batch_spec, eval_dataset,
                                     make_eval_iterator, make_train_iterator,
+                                    position, seek,
                                     train_dataset)
 from pgvt_jax.data.prefetch import DevicePrefetcher
 from pgvt_jax.data.processing import ClipProcessor, example_spec
@@ -47,8 +48,8 @@ from pgvt_jax.data.sharding import batch_sharding, to_global
 from pgvt_jax.data.sources import RecordsNotFoundError, Source, open_source
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "DevicePrefetcher", "EvalInfo", "RecordsNotFoundError", "Source",
-    "batch_sharding", "batch_spec", "eval_dataset", "example_spec",
-    "get_config", "make_eval_iterator", "make_train_iterator", "open_source",
-    "to_global", "train_dataset", "validate",
+    "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "DevicePrefetcher", "EvalInfo",
+    "RecordsNotFoundError", "Source", "batch_sharding", "batch_spec", "eval_dataset",
+    "example_spec", "get_config", "make_eval_iterator", "make_train_iterator", "open_source",
+    "position", "seek", "to_global", "train_dataset", "validate",
 ]

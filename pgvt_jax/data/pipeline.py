@@ -194,6 +194,42 @@ def make_train_iterator(cfg: ml_collections.ConfigDict,
                             process_count=process_count))
 
 
+def position(state: dict) -> int:
+  """Global batches consumed, from a train iterator's grain state (any process count)."""
+  if "next_index" in state:            # threads only: one index over this host's batches
+    return int(state["next_index"])
+  if "iterators_in_use_states" in state:  # mp_prefetch: worker w produced batches w, w+W, ...
+    return sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
+  raise ValueError(f"unknown grain iterator state (keys {sorted(state)}): cannot read its "
+                   "position")
+
+
+def seek(iterator: grain.DatasetIterator, global_batches: int) -> None:
+  """Moves a fresh train iterator to global batch `global_batches`.
+
+  Host p's k-th batch is its slice of global batch k (`train_dataset`), so the position in
+  global batches is the same on every host and for every process count: this is how a run
+  saved by N processes resumes on M. The state written is what grain's own iterator has after
+  reading that many batches (checked against reading in tests/test_topology.py).
+  """
+  k = int(global_batches)
+  if k < 0:
+    raise ValueError(f"data position {k} < 0")
+  state = iterator.get_state()
+  if "next_index" in state:
+    state = {**state, "next_index": k}
+  elif "iterators_in_use_states" in state:
+    workers = len(state["iterators_in_use_states"])
+    state = {**state, "next_index_in_cycle": k % workers, "future_states": {},
+             "exhausted": [0] * workers,
+             "iterators_in_use_states": [
+                 {**s, "next_index": -(-(k - w) // workers)}
+                 for w, s in enumerate(state["iterators_in_use_states"])]}
+  else:
+    raise ValueError(f"unknown grain iterator state (keys {sorted(state)}): cannot seek")
+  iterator.set_state(state)
+
+
 def make_eval_iterator(cfg: ml_collections.ConfigDict,
                        source: sources.Source | None = None, *,
                        process_index: int | None = None,
