@@ -11,10 +11,11 @@ evaluate); 143 preempted by SIGTERM after saving a checkpoint (rerun to resume).
 --multiprocess (on TPU pods and SLURM/GPU clusters jax.distributed finds its peers itself) or
 --coordinator_address/--num_processes/--process_id explicitly.
 
-On Linux/glibc the process re-execs itself once with malloc tunables that keep XLA:CPU's
-per-step scratch memory mapped between steps (pgvt_jax/malloc_tuning.py;
-PGVT_JAX_MALLOC_TUNING=0 opts out), and adds XLA:CPU's memory-minimising scheduler to XLA_FLAGS
-(pgvt_jax/xla_flags.py; a flag already in XLA_FLAGS wins).
+Launched as `python -m pgvt_jax.main` on a CPU-only Linux/glibc host, the process re-execs
+itself once with malloc tunables that keep XLA:CPU's per-step scratch memory mapped between
+steps (pgvt_jax/malloc_tuning.py says when exactly; PGVT_JAX_MALLOC_TUNING=0 opts out). It adds
+XLA:CPU's memory-minimising scheduler to XLA_FLAGS (pgvt_jax/xla_flags.py; a flag already in
+XLA_FLAGS wins).
 """
 
 import logging as logging_std
