@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from pgvt_jax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +61,11 @@ def test_all_clis_import_into_one_process_and_define_no_flags():
   assert "defined: []" in proc.stdout, proc.stdout
 
 
-def test_every_cli_prints_usage_on_help_and_exits_0():
-  # In parallel: each is a fresh interpreter importing JAX (~2 s of CPU).
+def _check_help(modules) -> None:
+  # In parallel: each is a fresh interpreter, most of them importing JAX (~2 s of CPU each).
   procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for m in CLIS}
+           for m in modules}
   problems = []
   for module, proc in procs.items():
     out, err = proc.communicate(timeout=180)
@@ -71,9 +73,23 @@ def test_every_cli_prints_usage_on_help_and_exits_0():
       problems.append(f"{module} --help: exit {proc.returncode}; stderr: {err[-1500:]}")
       continue
     missing = [f for f in CLIS[module] if f not in out]
-    if missing or "usage" not in out.lower() and "python -m" not in out:
+    if missing:
       problems.append(f"{module} --help: usage lacks {missing}; stdout: {out[:1500]}")
   assert not problems, "\n\n".join(problems)
+
+
+# The two the issue found broken, and the tools that start in well under a second.
+_HELP_FAST = ["pgvt_jax.predict", "pgvt_jax.visualize", "pgvt_jax.tools.model_stats",
+              "pgvt_jax.tools.paper_tables", "data_prep.build", "data_prep.measure"]
+
+
+def test_cli_help_prints_usage_and_exits_0():
+  _check_help(_HELP_FAST)
+
+
+@pytest.mark.e2e  # four more interpreters importing JAX/orbax: ~10 s of CPU, 20-40 s loaded
+def test_every_other_cli_help_prints_usage_and_exits_0():
+  _check_help([m for m in CLIS if m not in _HELP_FAST])
 
 
 def test_absl_tool_usage_lists_its_flags_once_launched():
