@@ -33,8 +33,8 @@ compile_s / hlo_flops / peak mean there), top level: impl, impl_version, threads
   step_s_each, minor_faults_each_step, peak_rss_each_step_bytes  per timed step (the
                     allocator's state can change mid-run: benchmarks/NOTES.md 1, 10)
 
-On Linux/glibc the harness re-execs itself with pgvt_jax.malloc_tuning's tunables like
-`pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them, and
+On a CPU-only Linux/glibc host the harness re-execs itself with pgvt_jax.malloc_tuning's
+tunables like `pgvt_jax.main` does; PGVT_JAX_MALLOC_TUNING=0 measures without them, and
 `python -m benchmarks.malloc_ab` compares malloc settings interleaved. It also adds
 pgvt_jax.xla_flags' CPU flags to XLA_FLAGS (as pgvt_jax.main does); the XLA_FLAGS in effect
 are recorded (field xla_flags), and

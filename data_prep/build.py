@@ -32,6 +32,22 @@ from data_prep.datasets import BUILDERS
 from data_prep.datasets import synthetic as synthetic_builder
 
 
+class EmptySplitError(RuntimeError):
+  """A split in which every listed video was skipped: TFDS cannot write it.
+
+  The message names the split(s) and carries the build summary (skip reasons), so the
+  CLI prints it alone, without a traceback.
+  """
+
+
+def _empty_split_message(summary: records.BuildSummary, error: Exception) -> str:
+  empty = [n for n, s in summary.splits.items() if s.listed and not s.written]
+  which = ", ".join(repr(n) for n in empty) or f"? (TFDS: {error})"
+  return (f"{summary.dataset}: no video of split {which} could be written: every one "
+          "was skipped (reasons below). Fix those entries or files, or leave the split "
+          f"out of the dataset files, then rerun.\n{summary.format()}")
+
+
 def build_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
                   config: str | None = None,
                   options: builder_lib.BuildOptions | None = None,
@@ -73,7 +89,7 @@ def build_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
     b.download_and_prepare(download_config=dl_config)
   except AssertionError as e:
     # TFDS refuses a split in which every video was skipped: say which/why.
-    raise RuntimeError(f"{e}\n{b.summary.format()}") from e
+    raise EmptySplitError(_empty_split_message(b.summary, e)) from e
   if b.summary.splits:  # Empty when existing records were reused.
     b.summary.save(os.path.join(b.data_dir, "build_summary.json"))
   return b, b.summary
@@ -140,9 +156,12 @@ def main(argv=None) -> int:
       config = config.name
     options = builder_lib.BuildOptions(short_side=None,
                                        num_workers=args.num_workers)
-  b, summary = build_dataset(args.dataset, args.data_dir, args.manual_dir,
-                             config, options, args.overwrite,
-                             args.beam_options, **kwargs)
+  try:
+    b, summary = build_dataset(args.dataset, args.data_dir, args.manual_dir,
+                               config, options, args.overwrite,
+                               args.beam_options, **kwargs)
+  except EmptySplitError as e:  # the message and summary say it all; a traceback buries it
+    sys.exit(f"error: {e}")
   print(summary.format() if summary.splits else
         "Records already built (use --overwrite to rebuild).")
   print(f"Records: {b.data_dir}")

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import replace_dir, weights_io
+from pgvt_jax import cli, replace_dir, weights_io
 from pgvt_jax.models import clip_vit
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
@@ -337,17 +337,22 @@ def encode_image(path: str | os.PathLike, images: np.ndarray, *, batch_size: int
 
 
 # --------------------------------------------------------------------------- CLI
-flags.DEFINE_string("checkpoint", None, "PyTorch/safetensors CLIP checkpoint file or HF model dir.")
-flags.DEFINE_string("output_dir", None, "Directory to write (must not exist unless --overwrite).")
-flags.DEFINE_integer("image_size", None, "Resize the positional embedding for this input size.")
-flags.DEFINE_enum("activation", None, sorted(clip_vit.ACTIVATIONS),
-                  "Override the MLP activation (not stored in OpenAI/open_clip weights).")
-flags.DEFINE_bool("overwrite", False,
-                  "Replace an existing output directory (only one this converter wrote).")
-flags.DEFINE_bool("trust_torchscript", False,
-                  "Load TorchScript archives (OpenAI's .pt releases) with torch.jit.load, which "
-                  "can run code stored in the file: only for files from a source you trust.")
-flags.DEFINE_bool("allow_nonfinite", False, "Convert weights that hold NaN/inf.")
+def _define_flags() -> None:
+  """The command line, defined at launch only: importing this module defines no flags
+  (pgvt_jax/cli.py says why)."""
+  flags.DEFINE_string("checkpoint", None,
+                      "PyTorch/safetensors CLIP checkpoint file or HF model dir.")
+  flags.DEFINE_string("output_dir", None,
+                      "Directory to write (must not exist unless --overwrite).")
+  flags.DEFINE_integer("image_size", None, "Resize the positional embedding for this input size.")
+  flags.DEFINE_enum("activation", None, sorted(clip_vit.ACTIVATIONS),
+                    "Override the MLP activation (not stored in OpenAI/open_clip weights).")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace an existing output directory (only one this converter wrote).")
+  flags.DEFINE_bool("trust_torchscript", False,
+                    "Load TorchScript archives (OpenAI's .pt releases) with torch.jit.load, which "
+                    "can run code stored in the file: only for files from a source you trust.")
+  flags.DEFINE_bool("allow_nonfinite", False, "Convert weights that hold NaN/inf.")
 
 
 def main(argv):
@@ -364,7 +369,8 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  """The `pgvt-convert-clip` console script and `python -m pgvt_jax.convert_clip`."""
+  cli.run_app(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":

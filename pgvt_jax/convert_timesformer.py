@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import replace_dir, weights_io
+from pgvt_jax import cli, replace_dir, weights_io
 from pgvt_jax.models import timesformer
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
@@ -309,7 +309,8 @@ def encode_video(path: str | os.PathLike, video: np.ndarray, *, batch_size: int 
 
 # --------------------------------------------------------------------------- CLI
 def _define_flags() -> None:
-  """Defined only when run as a script: convert_clip's flags share these names."""
+  """The command line, defined at launch only: importing this module defines no flags
+  (pgvt_jax/cli.py says why; convert_clip's flags share these names)."""
   flags.DEFINE_string("checkpoint", None, "Official .pyth/.pth file or Hugging Face model dir.")
   flags.DEFINE_string("output_dir", None, "Directory to write (must not exist unless "
                       "--overwrite).")
@@ -330,5 +331,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run_app(main, _define_flags, __doc__)

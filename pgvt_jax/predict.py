@@ -363,6 +363,7 @@ def run(argv: Sequence[str]) -> int:
   """The command line; returns the exit status (2 on bad input, with a one-paragraph message)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import cli  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "Training workdir.", flag_values=fv)
   flags.DEFINE_string("video", None, "A video file, or a directory of videos (-> CSV).",
@@ -379,6 +380,9 @@ def run(argv: Sequence[str]) -> int:
                       flag_values=fv)
   config_flags.DEFINE_config_file("config", None, "Use this config instead of the workdir's.",
                                   flag_values=fv, lock_config=False)
+  if cli.help_requested(argv):  # a private FlagValues has no --help of its own
+    print(cli.private_usage(__doc__, fv))
+    return 0
   try:
     fv(list(argv))
     for name in ("workdir", "video"):

@@ -256,33 +256,35 @@ def run(workdir: str, query: str, gallery: str, *, config: ml_collections.Config
 
 # ------------------------------------------------------------------ CLI
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run (checkpoints, config.json).")
-_QUERY = flags.DEFINE_string("query", None, "Query records: TFDS directory[:split].")
-_GALLERY = flags.DEFINE_string("gallery", None, "Gallery records: TFDS directory[:split].")
-_OUT = flags.DEFINE_string("out", None, "Output directory; default <workdir>/retrieval.")
-_KS = flags.DEFINE_list("ks", ["1", "5", "10"], "The k of R@k.")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: the config's).")
-_CLIPS = flags.DEFINE_integer("clips", 0, "Test clips per video (0: the config's).")
-_CROPS = flags.DEFINE_integer("crops", 0, "Test crops per clip, 1 or 3 (0: the config's).")
-_NEIGHBOURS = flags.DEFINE_integer("neighbours", 10, "Neighbours per query in the CSV.")
+def _define_flags() -> None:
+  """The command line, defined at launch only: importing this module defines no flags
+  (pgvt_jax/cli.py says why)."""
+  from pgvt_jax import config_files  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", None, "A training run (checkpoints, config.json).")
+  flags.DEFINE_string("query", None, "Query records: TFDS directory[:split].")
+  flags.DEFINE_string("gallery", None, "Gallery records: TFDS directory[:split].")
+  flags.DEFINE_string("out", None, "Output directory; default <workdir>/retrieval.")
+  flags.DEFINE_list("ks", ["1", "5", "10"], "The k of R@k.")
+  flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: the config's).")
+  flags.DEFINE_integer("clips", 0, "Test clips per video (0: the config's).")
+  flags.DEFINE_integer("crops", 0, "Test crops per clip, 1 or 3 (0: the config's).")
+  flags.DEFINE_integer("neighbours", 10, "Neighbours per query in the CSV.")
+  config_files.DEFINE_config_file("config", None, "Training config (default: <workdir>/"
+                                  "config.json).", lock_config=False)
+  flags.mark_flags_as_required(["workdir", "query", "gallery"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = None
-  if "config" in flags.FLAGS and flags.FLAGS.config is not None:
-    config = flags.FLAGS.config
-  result = run(_WORKDIR.value, _QUERY.value, _GALLERY.value, config=config,
-               ks=[int(k) for k in _KS.value], out_dir=_OUT.value, batch_size=_BATCH.value,
-               clips=_CLIPS.value, crops=_CROPS.value, neighbours=_NEIGHBOURS.value)
+  f = flags.FLAGS
+  result = run(f.workdir, f.query, f.gallery, config=f.config,
+               ks=[int(k) for k in f.ks], out_dir=f.out, batch_size=f.batch_size,
+               clips=f.clips, crops=f.crops, neighbours=f.neighbours)
   print(json.dumps({k: result[k] for k in result if k.startswith("R@")}))
 
 
 if __name__ == "__main__":
-  from pgvt_jax import config_files, xla_flags  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import cli, xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.set_cpu_flags()  # before JAX starts (pgvt_jax/xla_flags.py)
-  config_files.DEFINE_config_file("config", None, "Training config (default: <workdir>/"
-                                  "config.json).", lock_config=False)
-  flags.mark_flags_as_required(["workdir", "query", "gallery"])
-  app.run(main)
+  cli.run_app(main, _define_flags, __doc__)

@@ -287,6 +287,7 @@ def records_figure(records: str, split: str, n: int, out_dir: str | Path,
 
 def run(argv: Sequence[str]) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import cli  # pylint: disable=g-import-not-at-top
   from pgvt_jax import predict  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   flags.DEFINE_list("workdir", [], "Workdir(s): one row group each (e.g. pgvt,video_only,"
@@ -302,6 +303,9 @@ def run(argv: Sequence[str]) -> int:
   flags.DEFINE_string("split", "train", "Split for --records.", flag_values=fv)
   flags.DEFINE_integer("n", 8, "Clips for --records.", flag_values=fv)
   flags.DEFINE_string("out", "visualize", "Output directory.", flag_values=fv)
+  if cli.help_requested(argv):  # a private FlagValues has no --help of its own
+    print(cli.private_usage(__doc__, fv))
+    return 0
   try:
     fv(list(argv))
     if fv.records:

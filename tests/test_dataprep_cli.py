@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +53,28 @@ def test_cli_builds_and_reports(tmp_path, capsys):
               f"--data_dir={tmp_path / 'data'}", "--short_side=48",
               "--max_frames=4"])
   assert "already built" in capsys.readouterr().out
+
+
+def test_cli_split_with_every_video_skipped_is_a_short_error(tmp_path):
+  """TFDS cannot write an empty split; the CLI says which and why, without a traceback."""
+  m = tmp_path / "manual"
+  write_dot_video(m / "a.mp4", 6)
+  write_dot_video(m / "b.mp4", 6)
+  write_text(m / "train.csv", ["a.mp4,-1"])  # the only training video: a bad label
+  write_text(m / "test.csv", ["b.mp4,0"])
+  root = Path(__file__).resolve().parents[1]
+  proc = subprocess.run(
+      [sys.executable, "-m", "data_prep.build", "--dataset=custom", "--config=coco17",
+       f"--manual_dir={m}", f"--data_dir={tmp_path / 'data'}", "--short_side=48",
+       "--max_frames=4", "--num_workers=1"],
+      cwd=root, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, (proc.returncode, proc.stderr)
+  assert "Traceback" not in proc.stderr, proc.stderr
+  err = proc.stderr[proc.stderr.index("error: "):]  # after the progress bar
+  assert err.startswith("error: custom_videos: no video of split 'train' could be written"), err
+  assert "[train] listed 1, written 0, skipped 1" in err, err
+  assert "skipped train:1: listing:" in err and "['a.mp4', '-1']" in err, err
+  assert len(err.strip().splitlines()) < 10, err
 
 
 def test_records_found_by_tfds_name(tmp_path):

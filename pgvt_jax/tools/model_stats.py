@@ -23,13 +23,17 @@ import collections
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from pgvt_jax import config_files
+from pgvt_jax import cli, config_files
 
-_CONFIG = config_files.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+
+def _define_flags() -> None:
+  """The command line, defined at launch only: importing this module defines no flags
+  (pgvt_jax/cli.py says why)."""
+  config_files.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  flags.mark_flag_as_required("config")
 
 
 def model_stats(model_cfg) -> dict:
@@ -74,9 +78,9 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")  # tracing only; keep XLA:CPU's einsum attention
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   stats = model_stats(config.model)
-  if _JSON.value:
+  if flags.FLAGS.json:
     stats["model_config"] = config.model.to_dict()
     print(json.dumps(stats))
     return
@@ -106,5 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.run_app(main, _define_flags, __doc__)

@@ -12,10 +12,16 @@ import dataclasses
 import importlib
 from typing import Optional
 
-from absl import app, flags
+from absl import flags
 
-_MARKDOWN = flags.DEFINE_bool("markdown", False, "Print a Markdown table.")
-_TABLES = flags.DEFINE_list("tables", ["1", "2", "3", "4", "6"], "Tables to print.")
+from pgvt_jax import cli
+
+
+def _define_flags() -> None:
+  """The command line, defined at launch only: importing this module defines no flags
+  (pgvt_jax/cli.py says why)."""
+  flags.DEFINE_bool("markdown", False, "Print a Markdown table.")
+  flags.DEFINE_list("tables", ["1", "2", "3", "4", "6"], "Tables to print.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +96,9 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
-  rows = [r for r in ROWS if r.table in _TABLES.value]
+  rows = [r for r in ROWS if r.table in flags.FLAGS.tables]
   results = compute(rows)
-  if _MARKDOWN.value:
+  if flags.FLAGS.markdown:
     print("| Table | Row | GFLOPs paper | GFLOPs ours | diff | Tunable M paper | Tunable M ours "
           "| diff | config |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -103,11 +109,11 @@ def main(argv):
     cells = (x["table"], x["row"], g_paper, f"{x['gflops']:.1f}",
              _pct(x["gflops"], x["paper_gflops"]), f"{x['paper_tunable_m']:g}",
              f"{x['tunable_m']:.2f}", _pct(x["tunable_m"], x["paper_tunable_m"]), f"`{cfg}`")
-    if _MARKDOWN.value:
+    if flags.FLAGS.markdown:
       print("| " + " | ".join(cells) + " |")
     else:
       print("  ".join(f"{c:<8s}" if i != 1 else f"{c:<30s}" for i, c in enumerate(cells)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main, _define_flags, __doc__)
