@@ -91,8 +91,32 @@ def make_train_step(model, tx, config, schedule):
   return train_step
 
 
+def put_global(tree, sharding):
+  """Numpy arrays that every host holds whole (batches drawn from (seed, step), eval chunks)
+  -> global jax.Arrays: each host copies in only the rows of its own devices.
+
+  `jax.device_put` would do the same on several hosts but first checks that every host passed
+  the same value, a blocking cross-host allgather of the whole batch on every call.
+  """
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def make_embed_fn(model, param_sh, batch_sh):
+  """(params, batch) -> float32 embeddings, replicated: the evaluation reads them on every
+  host, and an array sharded across processes cannot be fetched (np.asarray raises)."""
+  return jax.jit(lambda p, b: model.apply({"params": p}, b, train=False)[0].astype(jnp.float32),
+                 in_shardings=(param_sh, batch_sh),
+                 out_shardings=partitioning.replicated(batch_sh.mesh))
+
+
 def embed_episodes(embed_fn, params, episodes, batch_size: int, sharding) -> list[np.ndarray]:
-  """Every frame of every episode -> list of (V, T, D) embeddings (eval mode)."""
+  """Every frame of every episode -> list of (V, T, D) embeddings (eval mode).
+
+  `embed_fn` must return arrays every host can read whole (make_embed_fn's are replicated).
+  """
   out = []
   for ep in episodes:
     v, t = ep.num_views, ep.num_frames
@@ -105,7 +129,7 @@ def embed_episodes(embed_fn, params, episodes, batch_size: int, sharding) -> lis
       n = len(chunk["frames"])
       chunk = {k: np.concatenate([x, np.repeat(x[-1:], batch_size - n, 0)]) for k, x in
                chunk.items()}
-      embs.append(np.asarray(embed_fn(params, jax.device_put(chunk, sharding)))[:n])
+      embs.append(np.asarray(embed_fn(params, put_global(chunk, sharding)))[:n])
     out.append(np.concatenate(embs).reshape(v, t, -1))
   return out
 
@@ -178,11 +202,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state_sh = partitioning.tree_shardings(state_shapes, mesh, config.mesh)
   state_sh["params"] = param_sh
   state = jax.jit(lambda p: steps.init_state(p, tx, config.seed), out_shardings=state_sh)(params)
+  # Metrics replicated: every host fetches them at log steps.
   train_step = jax.jit(make_train_step(model, tx, config, schedule),
-                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                       in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, partitioning.replicated(mesh)),
                        donate_argnums=(0,))
-  embed_fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False)[0].astype(
-      jnp.float32), in_shardings=(param_sh, batch_sh))
+  embed_fn = make_embed_fn(model, param_sh, batch_sh)
 
   def evaluate(p) -> tuple[dict, list]:
     embs = embed_episodes(embed_fn, p, eval_eps, a.eval_batch_size, batch_sh)
@@ -208,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       batch = alignment_data.sample_batch(train_eps, seed=config.seed, step=step,
                                           batch_size=config.data.train_batch_size,
                                           frames_per_sample=a.frames_per_sample)
-      state, m = train_step(state, jax.device_put(batch, batch_sh))
+      state, m = train_step(state, put_global(batch, batch_sh))
       step += 1
       pending.append(m)
       last = step == total
@@ -231,8 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if run_evals:
       if not metrics:
         metrics, embs = evaluate(state["params"])
-      png = write_alignment_png(workdir / "alignment_pairs.png", eval_eps[0], embs[0])
-      logging.info("Wrote %s", png)
+      if jax.process_index() == 0:  # every host holds the same embeddings: one writes
+        png = write_alignment_png(workdir / "alignment_pairs.png", eval_eps[0], embs[0])
+        logging.info("Wrote %s", png)
   finally:
     ckpt.close()
     writer.flush()

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from pgvt_jax import accelerators
 from pgvt_jax import checkpointing, data, init_from, metric_writer, optim, partitioning, steps
 from pgvt_jax.models import common, factory
 
@@ -109,6 +110,8 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
     partitioning.check_batch_divisible(config.data[field], mesh, f"config.data.{field}")
   logging.info("Mesh %s over %d devices (%d processes): %s", dict(mesh.shape),
                jax.device_count(), jax.process_count(), jax.devices()[0].platform)
+  logging.info("What model.dtype / attention_impl 'auto' mean here: %s",
+               accelerators.choose(mesh.devices.flat).reason)
 
   # ---------------------------------------------------------------- input
   prepare_data(config)

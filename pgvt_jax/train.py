@@ -38,9 +38,25 @@ def _on_sigterm(signum, frame):  # pylint: disable=unused-argument
   logging.warning("SIGTERM received: saving a checkpoint and stopping after this step")
 
 
-def _any_host(flag: bool) -> bool:
+def is_preemption_sync_point(step: int, cfg: ml_collections.ConfigDict, last: bool) -> bool:
+  """Whether the hosts agree on preemption after `step`: at log and checkpoint steps and the
+  last one. A log step has just fetched the metrics (the device queue is drained), so the
+  small allgather there costs no overlap; doing it every step would block dispatch on every
+  step. The price: on several hosts a SIGTERM is acted on up to log_every steps late."""
+  return last or step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0
+
+
+def _any_host(flag: bool, step: int, cfg: ml_collections.ConfigDict, last: bool) -> bool:
+  """Whether any host was sent SIGTERM, as every host sees it (they then save and stop together).
+
+  One process reads its own flag every step at no cost. Several processes must all take the
+  same decision at the same step (the save is collective), so they only compare flags at
+  sync points, the same steps on every host since they depend on the step number only.
+  """
   if jax.process_count() == 1:
     return flag
+  if not is_preemption_sync_point(step, cfg, last):
+    return False
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
@@ -213,7 +229,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
         t_last = time.time()
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", lr=f"{m['train/lr']:.2e}")
       ckpt.seal_if_idle()
-      preempted = _any_host(_PREEMPTED)
+      preempted = _any_host(_PREEMPTED, step, cfg, last)
       if step % cfg.checkpoint_every == 0 or last or preempted:
         if pending:  # never save a state whose loss went NaN
           _flush(pending, writer, t_last, cfg.data.train_batch_size, ckpt)

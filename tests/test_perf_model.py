@@ -15,7 +15,7 @@ from flax import linen as nn
 
 from benchmarks import train_step as bench
 from configs import diving48
-from pgvt_jax import steps
+from pgvt_jax import accelerators, steps
 from pgvt_jax.models import clip_vit, common, pgvt
 from pgvt_jax.models.config import ModelConfig, auto_dtype
 from tests.test_models_variants import random_batch, random_params, tiny
@@ -182,28 +182,21 @@ def test_cudnn_attention_without_a_gpu_is_a_clear_error():
     ModelConfig(attention_impl="flash")
 
 
-def test_auto_attention_picks_cudnn_only_where_cudnn_runs(monkeypatch):
+def test_auto_attention_picks_cudnn_only_where_cudnn_runs():
+  # Per device kind and call shape: tests/test_accelerators.py (fake T4/A100/H100/TPU/CPU).
   resolve = clip_vit.resolve_attention_impl
-  assert resolve("auto", jnp.bfloat16, 64) == ("cudnn" if jax.default_backend() == "gpu"
-                                               else "xla")
-  monkeypatch.setattr(clip_vit.jax, "default_backend", lambda: "gpu")
-  assert resolve("auto", jnp.bfloat16, 64) == "cudnn"
-  assert resolve("auto", jnp.float16, 128) == "cudnn"
-  assert resolve("auto", jnp.float32, 64) == "xla"             # cuDNN flash: half types only
-  assert resolve("auto", jnp.bfloat16, 256) == "xla"           # head dim > 128
-  assert resolve("auto", jnp.bfloat16, 64, masked=True) == "xla"  # PAAB's boolean key mask
-  assert resolve("cudnn", jnp.float32, 64) == "cudnn"          # asked for: jax raises if unfit
-  monkeypatch.setattr(clip_vit.jax, "default_backend", lambda: "tpu")
-  assert resolve("auto", jnp.bfloat16, 64) == "xla"
+  want = accelerators.choose().attention  # this host's devices
+  assert resolve("auto", jnp.bfloat16, 64) == want
+  assert want == "xla" or jax.default_backend() == "gpu"
 
 
 # ------------------------------------------------------------------ 4. compute dtype
-def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
-  assert (auto_dtype("cpu"), auto_dtype("gpu"), auto_dtype("tpu")) == (
-      "float32", "bfloat16", "bfloat16")
+def test_auto_dtype_follows_the_devices():
   assert ModelConfig().dtype == "auto"
-  want = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  assert ModelConfig().compute_dtype == want
+  assert auto_dtype() == accelerators.choose().dtype
+  assert ModelConfig().compute_dtype == jnp.dtype(auto_dtype())
+  if jax.default_backend() == "cpu":
+    assert ModelConfig().compute_dtype == jnp.float32
   with pytest.raises(ValueError, match=r"config.model.dtype='bf16'"):
     ModelConfig(dtype="bf16")
 

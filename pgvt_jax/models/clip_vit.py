@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pgvt_jax import accelerators
+
 Array = jax.Array
 
 # CLIP's LayerNorm eps is PyTorch's default (1e-5), not Flax's (1e-6).
@@ -128,22 +130,27 @@ def attention_weights(q: Array, k: Array, bias: Optional[Array] = None) -> Array
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
-def resolve_attention_impl(impl: str, dtype, head_dim: int, masked: bool = False) -> str:
+def resolve_attention_impl(impl: str, dtype, head_dim: int, masked: bool = False,
+                           devices=None) -> str:
   """`config.model.attention_impl` -> the `implementation=` of `jax.nn.dot_product_attention`.
 
-  "auto": "cudnn" (fused flash attention) on GPU when cuDNN takes the call (float16/bfloat16,
-  head dim a multiple of 8 and <= 128, no boolean mask), else "xla". "cudnn" is honoured as
-  asked and raises on a backend without cuDNN (CPU, TPU) rather than silently falling back.
+  "auto": "cudnn" (fused flash attention) on NVIDIA GPUs of compute capability >= 8.0
+  (accelerators.choose) when cuDNN takes the call (float16/bfloat16, head dim a multiple of 8
+  and <= 128, no boolean mask), else "xla". "cudnn" is honoured as asked and raises on a
+  platform without cuDNN (CPU, TPU) rather than silently falling back. `devices` default to
+  `jax.devices()`: pass the target devices when compiling for others.
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"config.model.attention_impl={impl!r}; expected one of "
                      f"{list(ATTENTION_IMPLS)}")
-  backend = jax.default_backend()
-  if impl == "cudnn" and backend != "gpu":
-    raise ValueError(f"config.model.attention_impl='cudnn' needs an NVIDIA GPU; the JAX backend "
-                     f"is {backend!r}. Use 'auto' (cuDNN where available, else XLA) or 'xla'.")
+  platform = accelerators.platform(devices)
+  if impl == "cudnn" and platform != "gpu":
+    raise ValueError(f"config.model.attention_impl='cudnn' needs an NVIDIA GPU; the devices' "
+                     f"platform is {platform!r}. Use 'auto' (cuDNN where available, else XLA) "
+                     "or 'xla'.")
   if impl == "auto":
-    ok = (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    ok = (accelerators.choose(devices).attention == "cudnn"
+          and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
           and head_dim % 8 == 0 and head_dim <= 128 and not masked)
     return "cudnn" if ok else "xla"
   return impl

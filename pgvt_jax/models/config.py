@@ -29,8 +29,7 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 import ml_collections
 
-import jax
-
+from pgvt_jax import accelerators
 from pgvt_jax.models import clip_vit, timesformer
 from pgvt_jax.models.adapters import DROP_PATH_MODES
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
@@ -77,10 +76,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 DTYPE_CHOICES = ("auto",) + tuple(DTYPES)
 
 
-def auto_dtype(backend: Optional[str] = None) -> str:
-  """The compute dtype of `dtype="auto"`: bfloat16 on GPU/TPU (tensor cores / MXU), float32
-  on CPU (XLA:CPU has no fast bf16 matmul; it would be slower and less exact)."""
-  return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+def auto_dtype(devices=None) -> str:
+  """The compute dtype of `dtype="auto"` on `devices` (default `jax.devices()`): bfloat16 on
+  TPU and NVIDIA GPUs from compute capability 8.0, float32 on CPU and older GPUs (T4, V100);
+  see pgvt_jax/accelerators.py for why."""
+  return accelerators.choose(devices).dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +111,10 @@ class ModelConfig:
                                     # across the batch, as AIM's code (see adapters.DropPath)
   dropout: float = 0.5              # before the linear head
   dtype: str = "auto"               # compute dtype; params stay float32. "auto": bfloat16 on
-                                    # GPU/TPU, float32 on CPU (auto_dtype)
+                                    # TPU and GPUs >= sm80, else float32 (auto_dtype)
   remat: str = "none"               # per block: "none" | "full" | "save_dots"
                                     # (clip_vit.remat_block); True/False read as full/none
-  attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU when possible, else XLA) |
+  attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU >= sm80 when possible, else XLA) |
                                     # "xla" | "cudnn" (clip_vit.resolve_attention_impl)
   # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
