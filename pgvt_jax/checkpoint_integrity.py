@@ -21,16 +21,10 @@ from typing import Optional
 
 from etils import epath
 
+from pgvt_jax.paths import as_path
+
 CHECKSUMS_FILE = "checksums.json"
 UNVERIFIED = "unverified"
-
-
-def as_path(path: str | os.PathLike) -> epath.Path:
-  """A workdir-style path: URLs (`gs://b/run`) kept as they are, local paths made absolute."""
-  text = os.fspath(path)
-  if "://" in text:
-    return epath.Path(text)
-  return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
 def finished_steps(directory: str | os.PathLike) -> list[int]:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import cli, replace_dir, weights_io
+from pgvt_jax import cli, paths, replace_dir, weights_io
 from pgvt_jax.models import clip_vit
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
@@ -254,14 +254,14 @@ def save(output_dir: str | os.PathLike, cfg: clip_vit.ClipVitConfig, params: dic
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:
-  path = Path(path)
+  path = paths.as_path(path)  # local or a bucket (gs://...)
   return (path / PARAMS_FILE).exists() and (path / CONFIG_FILE).exists()
 
 
 def load(directory: str | os.PathLike, *, allow_nonfinite: bool = False
          ) -> tuple[clip_vit.ClipVitConfig, dict]:
   """A converted directory -> `(ClipVitConfig, params)`, params a nested dict of float32 arrays."""
-  directory = Path(directory)
+  directory = paths.as_path(directory)  # local or a bucket (gs://...)
   if not is_converted_dir(directory):
     raise CheckpointError(f"{directory}: not a converted CLIP directory (expected {PARAMS_FILE} "
                           f"and {CONFIG_FILE}); create one with python -m pgvt_jax.convert_clip")

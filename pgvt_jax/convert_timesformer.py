@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import cli, replace_dir, weights_io
+from pgvt_jax import cli, paths, replace_dir, weights_io
 from pgvt_jax.models import timesformer
 from pgvt_jax.weights_io import CheckpointError, StateDict
 
@@ -225,13 +225,13 @@ def save(output_dir: str | os.PathLike, params: dict, info: dict, *,
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:
-  path = Path(path)
+  path = paths.as_path(path)  # local or a bucket (gs://...)
   return (path / PARAMS_FILE).exists() and (path / CONFIG_FILE).exists()
 
 
 def load(directory: str | os.PathLike) -> tuple[timesformer.TimeSformerConfig, dict]:
   """A converted directory -> `(TimeSformerConfig, params)` (float32 numpy leaves)."""
-  directory = Path(directory)
+  directory = paths.as_path(directory)  # local or a bucket (gs://...)
   if not is_converted_dir(directory):
     raise CheckpointError(f"{directory}: not a converted TimeSformer directory (expected "
                           f"{PARAMS_FILE} and {CONFIG_FILE}); create one with "

@@ -9,9 +9,12 @@ probabilities, as mmaction2's `average_clips="prob"` and AIM do) or their elemen
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import io
+import os
 
 import numpy as np
+
+from pgvt_jax import paths
 
 
 COMBINE = ("mean", "max")
@@ -86,14 +89,15 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
   }
 
 
-def save_confusion(cm: np.ndarray, out_prefix: str | Path, class_names=None) -> list[Path]:
+def save_confusion(cm: np.ndarray, out_prefix: str | os.PathLike, class_names=None) -> list:
   """Writes `<prefix>.npy` and a row-normalised heat map `<prefix>.png`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  out_prefix = Path(out_prefix)
+  out_prefix = paths.as_path(out_prefix)  # may be a bucket: files written through epath
   out_prefix.parent.mkdir(parents=True, exist_ok=True)
-  np.save(out_prefix.with_suffix(".npy"), cm)
+  with out_prefix.with_suffix(".npy").open("wb") as f:
+    np.save(f, cm)
   norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
   n = cm.shape[0]
   size = min(4 + n * 0.12, 24)
@@ -108,6 +112,8 @@ def save_confusion(cm: np.ndarray, out_prefix: str | Path, class_names=None) -> 
   fig.colorbar(im, ax=ax, fraction=0.046)
   fig.tight_layout()
   png = out_prefix.with_suffix(".png")
-  fig.savefig(png, dpi=100)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
+  png.write_bytes(buf.getvalue())
   return [out_prefix.with_suffix(".npy"), png]

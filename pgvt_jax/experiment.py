@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
+import os
 from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from pgvt_jax import accelerators
-from pgvt_jax import checkpointing, data, init_from, metric_writer, optim, partitioning, steps
+from pgvt_jax import (accelerators, checkpointing, data, init_from, metric_writer, optim,
+                      partitioning, paths, steps)
 from pgvt_jax.models import common, factory
 
 
 @dataclasses.dataclass
 class Experiment:
   config: ml_collections.ConfigDict
-  workdir: Path
+  workdir: epath.Path
   mesh: Any
   batch_sharding: Any
   writer: metric_writer.MetricWriter
@@ -63,7 +64,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
   kwargs = dict(num_train=syn.num_train, num_test=syn.num_test, num_classes=syn.num_classes,
                 num_frames=syn.num_frames, image_size=syn.image_size, seed=syn.seed,
                 class_set=syn.get("class_set", "fine"))
-  out = Path(syn.data_dir).expanduser()
+  out = paths.as_str(syn.data_dir)  # TFDS takes strings; a gs:// URL stays whole
   if jax.process_index() == 0:
     synthetic.build(out, **kwargs)
   if jax.process_count() > 1:
@@ -90,14 +91,15 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
   host = lambda x: np.asarray(x) if x.is_fully_addressable and x.sharding.num_devices == 1 else x
   params = jax.device_put(jax.tree.map(host, merged), shardings)
   sha = checkpointing.file_checksum(weights_file)
-  return params, {"backbone": str(Path(directory).resolve()), "backbone_sha256": sha}
+  return params, {"backbone": paths.as_str(directory), "backbone_sha256": sha}
 
 
-def setup_experiment(config: ml_collections.ConfigDict, workdir: Path, *,
+def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                      train: bool) -> Experiment:
   # Derived fields are filled into a copy: the caller's config stays as given, so running
   # again with the same object (a notebook's resume cell) is not a "changed config".
   config = copy.deepcopy(config)
+  workdir = paths.as_path(workdir)  # absolute, or a gs:// URL kept whole
   workdir.mkdir(parents=True, exist_ok=True)
   factory.check_freezing(config)
   factory.configure_data(config)  # num_joints; the family's pixel statistics unless set

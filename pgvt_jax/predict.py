@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pgvt_jax import checkpointing, data, evaluation, optim, skeletons, steps
+from pgvt_jax import checkpointing, data, evaluation, optim, paths, skeletons, steps
 from pgvt_jax.models import common, pgvt
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -47,12 +47,11 @@ class PredictError(ValueError):
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   """The config a run was trained with (`<workdir>/config.json`, written by the trainer)."""
-  path = Path(workdir) / "config.json"
+  path = paths.as_path(workdir) / "config.json"  # local or a bucket (gs://...)
   if not path.is_file():
     raise PredictError(f"{workdir}: no config.json, not a pgvt_jax workdir (train with "
                        "`python -m pgvt_jax.main --workdir=...` first, or pass --config)")
-  with open(path) as f:
-    cfg = json.load(f)
+  cfg = json.loads(path.read_text())
   # JSON turned tuples into lists; the data config reads these as pairs.
   for key in ("crop_area", "crop_aspect"):
     if key in cfg.get("data", {}):
@@ -75,8 +74,7 @@ def class_names(config: ml_collections.ConfigDict, workdir: Path, meta: dict) ->
       names = None
   per_class = workdir / "eval_per_class_accuracy.json"
   if not names and per_class.is_file():
-    with open(per_class) as f:
-      names = list(json.load(f))  # written in label order
+    names = list(json.loads(per_class.read_text()))  # written in label order
   if not names or len(names) != n:
     names = [f"class_{i}" for i in range(n)]
   return list(names)

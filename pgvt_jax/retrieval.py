@@ -20,6 +20,7 @@ neighbour, similarity, labels); <out> defaults to RUN/retrieval.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -30,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pgvt_jax import checkpointing, data, experiment, partitioning, steps
+from pgvt_jax import checkpointing, data, experiment, partitioning, paths, steps
 from pgvt_jax.models import common, factory
 
 DEFAULT_KS = (1, 5, 10)
@@ -89,11 +90,11 @@ def open_records(spec: str, data_cfg: ml_collections.ConfigDict
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   path, split = parse_records(spec)
   cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-  cfg.builder_dir, cfg.name = os.path.expanduser(path), ""
+  cfg.builder_dir, cfg.name = paths.as_str(path), ""  # absolute, or a gs:// URL kept whole
   cfg.num_joints = 0  # another dataset may have another joint layout
   cfg.skeleton = ""
   if split is None:
-    if not os.path.isdir(cfg.builder_dir):
+    if not paths.as_path(cfg.builder_dir).is_dir():
       raise FileNotFoundError(f"--query/--gallery {spec!r}: no records directory "
                               f"{cfg.builder_dir}")
     have = set(tfds.builder_from_directory(cfg.builder_dir).info.splits)
@@ -211,7 +212,7 @@ def run(workdir: str, query: str, gallery: str, *, config: ml_collections.Config
         = None, ks: Sequence[int] = DEFAULT_KS, out_dir: str | None = None,
         batch_size: int = 0, clips: int = 0, crops: int = 0, neighbours: int = 10) -> dict:
   """Features of both record sets, R@k, files in `out_dir`; returns the result dict."""
-  workdir = Path(workdir).expanduser()
+  workdir = paths.as_path(workdir)
   config = config if config is not None else load_run_config(workdir)
   factory.configure_data(config)  # the model family's pixel statistics, J
   d = config.data
@@ -239,10 +240,11 @@ def run(workdir: str, query: str, gallery: str, *, config: ml_collections.Config
             "num_queries": len(qid), "num_gallery": len(gid), "exclude_self": same,
             "query": f"{q_cfg.builder_dir}:{q_split}",
             "gallery": f"{g_cfg.builder_dir}:{g_split}", "workdir": str(workdir)}
-  out = Path(out_dir).expanduser() if out_dir else workdir / "retrieval"
+  out = paths.as_path(out_dir) if out_dir else workdir / "retrieval"  # may be a bucket
   out.mkdir(parents=True, exist_ok=True)
   (out / "retrieval.json").write_text(json.dumps(result, indent=2))
-  with open(out / "neighbours.csv", "w", newline="", encoding="utf-8") as f:
+  with (out / "neighbours.csv").open("wb") as raw, io.TextIOWrapper(
+      raw, encoding="utf-8", newline="") as f:  # epath opens bytes; csv wants newline=""
     w = csv.writer(f)
     w.writerow(["query", "query_label", "rank", "neighbour", "neighbour_label", "similarity",
                 "same_class"])

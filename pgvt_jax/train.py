@@ -14,17 +14,19 @@ are read and put on device by a background thread during the step (config.data.d
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
-from pathlib import Path
+
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from pgvt_jax import checkpointing, data, evaluation, metric_writer
+from pgvt_jax import checkpointing, data, evaluation, metric_writer, paths
 from pgvt_jax import workdir as workdir_lib
 from pgvt_jax.experiment import Experiment, setup_experiment
 
@@ -61,7 +63,7 @@ def _any_host(flag: bool, step: int, cfg: ml_collections.ConfigDict, last: bool)
 
 
 def run_eval(exp: Experiment, params, frozen, *, tag: str = "eval",
-             save_dir: Path | None = None, source=None) -> dict:
+             save_dir: epath.Path | None = None, source=None) -> dict:
   """One pass over the eval split (or `source`): views combined per video
   (config.eval_combine: mean or max), then top-1/5 and class accuracy."""
   cfg = exp.config
@@ -152,10 +154,10 @@ def _resume_data_position(ckpt: checkpointing.Checkpointer, train_iter, meta: di
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        run_evals: bool = True) -> dict:
   """Trains to config.total_steps (or num_epochs); evaluates along the way unless run_evals=False."""
+  workdir = paths.as_path(workdir)  # absolute for the whole run; gs:// kept whole
   if config.get("task", "classification") == "alignment":  # multi-view video alignment
     from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
     return alignment.train_and_evaluate(config, workdir, run_evals=run_evals)
-  workdir = Path(workdir)
   workdir_lib.validate_config(config, train=True)
   lock = workdir_lib.WorkdirLock(workdir, "train").acquire() if jax.process_index() == 0 else None
   try:
@@ -165,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       lock.release()
 
 
-def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: bool) -> dict:
+def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
+                  run_evals: bool) -> dict:
   # The saved config is the one given, before setup fills in derived fields.
   flat = workdir_lib.flat_config(config)
   latest = checkpointing.read_latest_meta(workdir)
@@ -268,9 +271,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, run_evals: b
   return last_metrics
 
 
-def best_eval(workdir: Path, metric: str) -> dict | None:
+def best_eval(workdir: str | os.PathLike, metric: str) -> dict | None:
   """{"step": s, metric: v, ...} of the best eval in metrics.jsonl (what best/ holds)."""
-  path = Path(workdir) / metric_writer.METRICS_FILE
+  path = paths.as_path(workdir) / metric_writer.METRICS_FILE
   if not path.exists():
     return None
   best = None
@@ -314,10 +317,10 @@ def _best_and_test(exp: Experiment, state, step: int) -> dict:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best checkpoint of `workdir` (else its latest)."""
+  workdir = paths.as_path(workdir)  # absolute for the whole run; gs:// kept whole
   if config.get("task", "classification") == "alignment":
     from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
     return alignment.evaluate(config, workdir)
-  workdir = Path(workdir)
   workdir_lib.validate_config(config, train=False)
   if not checkpointing.has_checkpoint(workdir):  # before anything is created or written
     raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate (expected "
@@ -332,7 +335,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       lock.release()
 
 
-def _evaluate_locked(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def _evaluate_locked(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   exp = setup_experiment(config, workdir, train=False)
   abstract = checkpointing.abstract_like(exp.state)
   try:

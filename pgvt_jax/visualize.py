@@ -21,6 +21,7 @@ with `mutable=["attention"]` (`clip_vit.attend`); training and evaluation keep t
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -28,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from pgvt_jax import paths as paths_lib  # `paths` names lists of written files below
 from pgvt_jax import skeletons, steps
 from pgvt_jax.data import augment
 from pgvt_jax.models import clip_vit, common
@@ -213,10 +215,12 @@ def save_grid(rows: list[tuple[str, list]], path: str | Path, skeleton: skeleton
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  path = Path(path)
+  path = paths_lib.as_path(path)  # may be a bucket: matplotlib writes bytes, epath the file
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
+  path.write_bytes(png.getvalue())
   return path
 
 
@@ -238,7 +242,7 @@ def attention_figure(predictors: Sequence[Any], video: str, keypoints: Optional[
                      out_dir: str | Path, layers: Sequence[int] = (-1,),
                      max_frames: int = 8) -> list[Path]:
   """Fig. 2 for one video: `fig2.png` (every model's rows, side by side) + one PNG per model."""
-  out_dir = Path(out_dir)
+  out_dir = paths_lib.as_path(out_dir)
   all_rows, paths = [], []
   for i, pred in enumerate(predictors):
     record = pred.load_video(video, keypoints)
@@ -262,7 +266,7 @@ def records_figure(records: str, split: str, n: int, out_dir: str | Path,
   """Skeleton overlays on `n` training (or eval) clips after the input pipeline."""
   from pgvt_jax import data  # pylint: disable=g-import-not-at-top
   cfg = data.get_config() if config is None else config.data
-  cfg.builder_dir = str(Path(records).expanduser())
+  cfg.builder_dir = paths_lib.as_str(records)  # a gs:// URL stays whole
   cfg.train_split = cfg.eval_split = split
   if config is None:  # a quick look: small frames, one view
     cfg.num_frames, cfg.pose_frames, cfg.image_size, cfg.short_side = 8, 8, 224, 0
@@ -281,8 +285,8 @@ def records_figure(records: str, split: str, n: int, out_dir: str | Path,
                      f"#{int(batch['video_index'][i])}\n"
                      f"{(names[int(batch['label'][i])] if names else batch['label'][i])!s:.24}", i)
           for i in range(n)]
-  return save_grid(rows, Path(out_dir) / f"records_{split}.png", source.skeleton, max_frames,
-                   title=f"{records} [{split}] after the input pipeline")
+  return save_grid(rows, paths_lib.as_path(out_dir) / f"records_{split}.png", source.skeleton,
+                   max_frames, title=f"{records} [{split}] after the input pipeline")
 
 
 def run(argv: Sequence[str]) -> int:

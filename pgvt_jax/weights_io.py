@@ -29,6 +29,8 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
+from pgvt_jax import paths
+
 from pgvt_jax import replace_dir
 
 StateDict = dict[str, np.ndarray]
@@ -59,6 +61,10 @@ def save_converted(output_dir: str | os.PathLike, params: dict, info: dict, *,
   A crash never leaves a partial or missing output; `overwrite` only ever replaces a directory
   holding exactly OUTPUT_FILES (`what` names such an output in the refusal).
   """
+  if paths.is_url(output_dir):  # the swap below is a local rename
+    raise ValueError(f"{output_dir}: converters write to a local directory; convert there, "
+                     "then copy the directory to the bucket (e.g. `gsutil cp -r`) and point "
+                     "config.clip_dir / config.timesformer_dir at the copy")
   out = Path(output_dir)
   replace_dir.check_replaceable(out, overwrite, OUTPUT_FILES, what)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +84,11 @@ def save_converted(output_dir: str | os.PathLike, params: dict, info: dict, *,
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-  """A file path, or a model directory -> the weights file (or shard index) inside it."""
-  path = Path(path)
+  """A file path, or a model directory -> the weights file (or shard index) inside it.
+
+  Local paths and buckets (gs://...: converted directories and .safetensors files) alike.
+  """
+  path = paths.as_path(path)
   if path.is_dir():
     for name in _DIR_CANDIDATES:
       if (path / name).exists():

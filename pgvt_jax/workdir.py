@@ -5,12 +5,19 @@
 * `WorkdirLock`: one run per workdir. `<workdir>/.lock` names the holder (pid, host, start);
   the lock itself is an `flock` on that file, which the kernel releases when the holder dies
   (kill -9 included), so a lock left behind by a dead run is stale and simply taken over.
+  A bucket (`gs://...`) has no `flock`: there the lock is the lock object itself, created when
+  absent (not atomically: two runs started within moments of each other can both pass) and
+  deleted on a clean exit. A run that died without exiting cleanly (kill -9, a lost host)
+  leaves it behind, and since a bucket cannot tell a live holder from a dead one it is never
+  taken over: the next run refuses, naming the holder and the object to delete.
 * `check_resume(config, meta)`: each checkpoint stores the flattened config it was trained
   with. On resume every changed field is named; fields that change parameter or optimizer-state
   shapes are refused, other training fields need `--config.allow_config_changes=True`, and
   bookkeeping fields (logging, checkpoint cadence, threads, mesh) may change freely.
 * `record_config(...)`: every run appends its config to `config_history.jsonl`; `config.json`
   holds the config of the latest training run and is never written by `--mode=evaluate`.
+
+Paths go through `pgvt_jax.paths.as_path`: a workdir may be local or a `gs://` bucket.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import hashlib
 import json
 import os
 import socket
-from pathlib import Path
 from typing import Any, Optional
 
 import ml_collections
+from absl import logging
+from etils import epath
+
+from pgvt_jax import paths
 
 LOCK_FILE = ".lock"
 HISTORY_FILE = "config_history.jsonl"
@@ -82,13 +92,16 @@ def _get(config, dotted: str):
 class WorkdirLock:
   """Exclusive lock on a workdir for the lifetime of a run (see module docstring)."""
 
-  def __init__(self, workdir: str | Path, mode: str):
-    self.path = Path(workdir) / LOCK_FILE
+  def __init__(self, workdir: str | os.PathLike, mode: str):
+    self.path = paths.as_path(workdir) / LOCK_FILE
     self.mode = mode
     self._fd: Optional[int] = None
+    self._object: Optional[str] = None   # what this run wrote into a bucket's lock object
 
   def acquire(self) -> "WorkdirLock":
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.is_local(self.path):
+      return self._acquire_object()
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,24 +109,45 @@ class WorkdirLock:
       holder = _read_holder(fd)
       os.close(fd)
       raise WorkdirLockedError(
-          f"workdir {self.path.parent} is in use by pid {holder.get('pid', '?')} on host "
-          f"{holder.get('host', '?')} ({holder.get('mode', '?')}, started "
-          f"{holder.get('started', '?')}). Two runs on one workdir would train every step "
-          "twice or overwrite each other's checkpoints: wait for it, stop it, or use another "
-          "--workdir. (The lock is released automatically when that process exits, even if "
-          "killed.)") from None
+          f"{_in_use(self.path.parent, holder)}. Two runs on one workdir would train every "
+          "step twice or overwrite each other's checkpoints: wait for it, stop it, or use "
+          "another --workdir. (The lock is released automatically when that process exits, "
+          "even if killed.)") from None
     stale = _read_holder(fd)
     if stale:
-      import logging  # pylint: disable=g-import-not-at-top
-      logging.getLogger(__name__).warning(
-          "taking over a stale lock on %s left by pid %s on %s (that process is gone)",
-          self.path.parent, stale.get("pid"), stale.get("host"))
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
-            "started": _now()}
+      logging.warning("taking over a stale lock on %s left by pid %s on %s (that process is "
+                      "gone)", self.path.parent, stale.get("pid"), stale.get("host"))
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    os.pwrite(fd, self._holder_line().encode(), 0)
     self._fd = fd
     return self
+
+  def _acquire_object(self) -> "WorkdirLock":
+    """A bucket: create the lock object if absent; an existing one is never taken over."""
+    holder = _parse_holder(self.path.read_text()) if self.path.exists() else {}
+    if holder:
+      raise WorkdirLockedError(
+          f"{_in_use(self.path.parent, holder)}, or was until it died: on a bucket the lock "
+          "cannot tell a live run from a dead one (there is no flock), so it is never taken "
+          "over. If that run is still going, wait for it, stop it, or use another --workdir. "
+          f"If it is gone (killed, lost host), delete {self.path} (e.g. `gsutil rm "
+          f"{self.path}`) and start again.")
+    line = self._holder_line()
+    self.path.write_text(line)
+    if self.path.read_text() != line:  # another run wrote it in between: it keeps it
+      raise WorkdirLockedError(
+          f"{_in_use(self.path.parent, _parse_holder(self.path.read_text()))}: it took the "
+          "lock while this run was taking it. Use another --workdir or wait for it.")
+    logging.warning("workdir %s is a bucket: its lock is the object %s, created when absent "
+                    "(not atomically) and deleted when this run exits cleanly; if this run "
+                    "dies without that, delete it before the next run.", self.path.parent,
+                    self.path)
+    self._object = line
+    return self
+
+  def _holder_line(self) -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
+                       "started": _now()}) + "\n"
 
   def release(self) -> None:
     if self._fd is not None:
@@ -121,6 +155,13 @@ class WorkdirLock:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+    if self._object is not None:
+      try:  # only our own lock: never delete one that another run holds
+        if self.path.read_text() == self._object:
+          self.path.unlink()
+      except FileNotFoundError:
+        pass
+      self._object = None
 
   def __enter__(self):
     return self.acquire()
@@ -129,11 +170,24 @@ class WorkdirLock:
     self.release()
 
 
+def _in_use(workdir: epath.Path, holder: dict) -> str:
+  return (f"workdir {workdir} is in use by pid {holder.get('pid', '?')} on host "
+          f"{holder.get('host', '?')} ({holder.get('mode', '?')}, started "
+          f"{holder.get('started', '?')})")
+
+
 def _read_holder(fd: int) -> dict:
   try:
-    raw = os.pread(fd, 4096, 0).decode()
-    return json.loads(raw) if raw.strip() else {}
+    return _parse_holder(os.pread(fd, 4096, 0).decode())
   except (ValueError, OSError):
+    return {"pid": "?", "host": "?"}
+
+
+def _parse_holder(raw: str) -> dict:
+  """The holder a lock file names; {} when empty (nobody); unknown fields for garbage."""
+  try:
+    return json.loads(raw) if raw.strip() else {}
+  except ValueError:
     return {"pid": "?", "host": "?"}
 
 
@@ -178,7 +232,7 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tupl
 
 
 def check_resume(config: ml_collections.ConfigDict, meta: dict, step: int,
-                 workdir: Path) -> list[str]:
+                 workdir: str | os.PathLike) -> list[str]:
   """Compares the config with the one saved at `step`; returns the accepted changed fields."""
   saved = meta.get("config")
   if saved is None:  # checkpoint written before fingerprints existed
@@ -203,24 +257,36 @@ def check_resume(config: ml_collections.ConfigDict, meta: dict, step: int,
   return by_kind["training"] + by_kind["free"]
 
 
-def record_config(workdir: Path, config: ml_collections.ConfigDict, *, mode: str,
-                  start_step: Optional[int], changed: list[str]) -> None:
+def record_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
+                  mode: str, start_step: Optional[int], changed: list[str]) -> None:
   """Appends this run to config_history.jsonl; training runs also refresh config.json."""
+  workdir = paths.as_path(workdir)
   flat = flat_config(config)
   entry = {"time": _now(), "mode": mode, "host": socket.gethostname(), "pid": os.getpid(),
            "start_step": start_step, "changed_on_resume": changed,
            "config_sha256": fingerprint(flat), "config": flat}
   append_line(workdir / HISTORY_FILE, json.dumps(entry))
   if mode != "evaluate":
-    tmp = workdir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
-    os.replace(tmp, workdir / CONFIG_FILE)
+    paths.write_atomic(workdir / CONFIG_FILE,
+                       json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
 
 
-def append_line(path: Path, line: str) -> None:
-  """Appends one whole line with a single O_APPEND write (no interleaving, no half lines
-  from this writer; a crash mid-write can only tear the last line, which readers repair)."""
+def append_line(path: str | os.PathLike, line: str) -> None:
+  """Appends one whole line.
+
+  Locally: a single O_APPEND write (no interleaving, no half lines from this writer; a crash
+  mid-write can only tear the last line, which readers repair). A bucket object cannot be
+  appended to: it is read and written back whole (fine for a few lines per run; a metrics
+  stream buffers instead, see metric_writer).
+  """
+  path = paths.as_path(path)
   data = (line.rstrip("\n") + "\n").encode()
+  if not paths.is_local(path):
+    old = path.read_bytes() if path.exists() else b""
+    if old and not old.endswith(b"\n"):
+      old += b"\n"
+    path.write_bytes(old + data)
+    return
   fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
   try:
     written = os.write(fd, data)

@@ -5,12 +5,11 @@ in-memory sequence of records in the contract's format (tests, notebooks).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from pgvt_jax import skeletons
+from pgvt_jax import paths, skeletons
 
 # DatasetInfo metadata keys that may name the joint layout.
 _LAYOUT_KEYS = ("skeleton", "joint_layout", "layout")
@@ -83,10 +82,10 @@ class RecordsNotFoundError(FileNotFoundError):
 
 def check_records(builder_dir: str) -> None:
   """Raises RecordsNotFoundError unless `builder_dir` holds built records."""
-  path = os.path.expanduser(builder_dir)
-  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+  path = paths.as_path(builder_dir)  # local, or a bucket (gs://...) read through epath
+  if (path / "dataset_info.json").is_file():
     return
-  why = ("does not exist" if not os.path.exists(path) else
+  why = ("does not exist" if not path.exists() else
          "holds no dataset_info.json")
   command = None
   try:  # data_prep ships with pgvt_jax; only this message needs it.
@@ -116,7 +115,8 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
   if cfg.builder_dir:
     where = f"config.data.builder_dir={cfg.builder_dir!r}"
     check_records(cfg.builder_dir)
-    builder = tfds.builder_from_directory(os.path.expanduser(cfg.builder_dir))
+    # A string: TFDS opens gs:// itself; a local path made absolute (~ expanded).
+    builder = tfds.builder_from_directory(paths.as_str(cfg.builder_dir))
   elif cfg.name:
     where = f"config.data.name={cfg.name!r} (data_dir={cfg.data_dir!r})"
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)

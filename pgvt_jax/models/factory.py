@@ -16,12 +16,13 @@ Families:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 
+from pgvt_jax import paths
 from pgvt_jax.models import clip_vit, common, pgvt, timesformer, timesformer_model
 from pgvt_jax.models.config import ModelConfig
 
@@ -110,7 +111,7 @@ def pretrained_dir(config) -> tuple[str, str]:
   return field, config.get(field, "") or ""
 
 
-def load_pretrained(config, params: Mapping) -> tuple[dict, Path]:
+def load_pretrained(config, params: Mapping) -> tuple[dict, epath.Path]:
   """Strict merge of the family's converted weights into init params -> (params, params file).
 
   Raises listing every missing / unexpected key, or an architecture mismatch.
@@ -122,11 +123,11 @@ def load_pretrained(config, params: Mapping) -> tuple[dict, Path]:
     from pgvt_jax import convert_timesformer  # pylint: disable=g-import-not-at-top
     ts_cfg, ts_params = convert_timesformer.load(directory)
     merged = timesformer_model.load_pretrained(config.model, params, ts_cfg, ts_params)
-    return merged, Path(directory) / convert_timesformer.PARAMS_FILE
+    return merged, paths.as_path(directory) / convert_timesformer.PARAMS_FILE
   from pgvt_jax import convert_clip  # pylint: disable=g-import-not-at-top
   clip_cfg, clip_params = convert_clip.load(directory)
   merged = common.load_clip(config.model, params, clip_params, clip_cfg)
-  return merged, Path(directory) / convert_clip.PARAMS_FILE
+  return merged, paths.as_path(directory) / convert_clip.PARAMS_FILE
 
 
 # ------------------------------------------------------------------------------- data
