@@ -354,6 +354,15 @@ def test_a_run_moves_between_topologies_and_every_consumer_reads_it(reference, t
   assert "Data position: global batch 8 (saved by 1 process(es), resumed on 2)" in out
   _assert_continues(reference, leg, 8)
 
+  # --mode=evaluate of the 2 x 4 run on 1 x 1 (its best step, restored into one device).
+  evaluated = _copy(pod, tmp_path / "evaluated")
+  _procs(evaluated, data_dir, 1, 1, "--mode=evaluate")
+  final = json.loads((pod / "final_metrics.json").read_text())
+  got = json.loads((evaluated / "eval_metrics.json").read_text())
+  assert got["step"] == STEPS
+  np.testing.assert_allclose(got["eval/top1"], final["eval/top1"], atol=1 / 16 + 1e-9)
+  assert not (evaluated / "corrupt_checkpoints").exists()
+
   # The consumers, in this process (one CPU device), from a relative path.
   from pgvt_jax import checkpointing, init_from, predict, retrieval, visualize  # pylint: disable=g-import-not-at-top
   from tests.predict_fixtures import render_mp4  # pylint: disable=g-import-not-at-top
