@@ -85,3 +85,24 @@ def verify(step_dir: str | os.PathLike) -> Optional[str]:
   if extra:
     return f"{step_dir} holds files not in its checksums: {sorted(extra)[:3]}"
   return None
+
+
+class CheckpointIntegrityError(RuntimeError):
+  """No kept checkpoint is intact (damaged ones were moved aside, or none is left)."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """An intact checkpoint that does not restore here; nothing was moved."""
+
+
+def restore_cause(e: BaseException) -> str:
+  """The cause of a failed restore of intact bytes, with the likely reason."""
+  text = f"{type(e).__name__}: {str(e)[:600]}"
+  if "structure" in text.lower() or "shape" in text.lower() or "not found" in text.lower():
+    hint = ("the checkpoint holds another model/optimizer tree than this config builds (a "
+            "changed model or optimizer field, or a workdir of another run)")
+  else:
+    hint = "a storage or topology problem (is every host reading the same workdir?)"
+  return f"{text}. Likely cause: {hint}"
+
+
