@@ -6,6 +6,7 @@ explicit devices, "auto" decided from the mesh's devices and not the host, and a
 the demo config on the local CPU.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -203,3 +204,31 @@ def test_fit_needs_the_whole_total_within_the_limit():
 def test_unknown_topology_is_a_clear_error():
   with pytest.raises(RuntimeError, match="compile-only TPU devices"):
     planner.target("v9z-8")
+
+
+# ------------------------------------------------------------------------------- the command
+def _plan_cli(*args, timeout=600):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "pgvt_jax.plan", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_without_libtpu_says_how_to_get_it():
+  if importlib.util.find_spec("libtpu") is not None:
+    pytest.skip("libtpu is installed here")
+  r = _plan_cli("--config=configs/demo.py", "--topology=v5e-4", timeout=120)
+  assert r.returncode != 0
+  assert "pip install 'pgvt_jax[tpu]'" in r.stderr and "v5e-4" in r.stderr
+
+
+@pytest.mark.e2e
+def test_cli_plans_the_demo_locally_as_json():
+  r = _plan_cli("--config=configs/demo.py", "--remat=full", "--max_compiles=2",
+                "--peak_tflops=0.1", "--hbm_gbps=20", "--json=-")
+  assert r.returncode == 0, r.stderr[-3000:]
+  (p,) = json.loads(r.stdout)
+  assert p["train"]["fits"] and p["eval"]["fits"] and p["train"]["remat"] == "none"
+  search = p["max_batch"][0]
+  assert search["remat"] == "full" and len(search["probes"]) == 2
+  assert search["max_batch"] == 32 and search["first_failing"] is None  # 16, 32 fit on CPU
+  assert p["compiles"] == 4  # train + eval at the config's batch, two search probes
