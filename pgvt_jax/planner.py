@@ -84,14 +84,27 @@ class Target:
     return self.chip.bw_per_device() if self.chip else None
 
 
+def topology_args(name: str) -> tuple[str, dict]:
+  """(jax topology name, get_topology_desc kwargs) of "v5e-4" or a raw "v5e:2x2"."""
+  if name in TOPOLOGIES:
+    topo, kwargs = TOPOLOGIES[name]
+    return topo, dict(kwargs)
+  # A raw name, with the table's conventions: one device per v4 chip (megacore, as on a v4 VM;
+  # v5p is one per chip by default); slices smaller than one host's default 2x2x1 chips say
+  # their own host bounds.
+  kwargs = {"chip_config_name": "megacore"} if name.startswith("v4:") else {}
+  try:
+    dims = [int(d) for d in name.split(":")[1].split("x")] if ":" in name else []
+  except ValueError:
+    dims = []  # not a shape: get_topology_desc will say what is wrong with it
+  if dims and math.prod(dims) < 4:
+    kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
+  return name, kwargs
+
+
 def topology_devices(name: str) -> list:
   """Compile-only TPU devices of a slice ("v5e-4" or a raw "v5e:2x2")."""
-  topo, kwargs = TOPOLOGIES.get(name, (name, None))
-  if kwargs is None:  # a raw name: the same conventions as the table
-    kwargs = {"chip_config_name": "megacore"} if topo.startswith(("v4:", "v5p:")) else {}
-    dims = [int(d) for d in topo.split(":")[1].split("x")] if ":" in topo else []
-    if dims and math.prod(dims) < 4:  # below one host's default 2x2x1 chips
-      kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
+  topo, kwargs = topology_args(name)
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server on a non-TPU host
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:

@@ -201,6 +201,17 @@ def test_fit_needs_the_whole_total_within_the_limit():
   assert not r.fits
 
 
+def test_topology_names_map_to_jax_topologies():
+  assert planner.topology_args("v3-8") == ("v3:2x2", {})
+  assert planner.topology_args("v4-8") == ("v4:2x2x1", {"chip_config_name": "megacore"})
+  assert planner.topology_args("v5e-1") == ("v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)})
+  assert planner.topology_args("v6e-8") == ("v6e:2x4", {})
+  assert planner.topology_args("v6e:1x2") == ("v6e:1x2", {"chips_per_host_bounds": (1, 2, 1)})
+  assert planner.topology_args("v4:2x2x2") == ("v4:2x2x2", {"chip_config_name": "megacore"})
+  assert planner.topology_args("v5p:2x2x2") == ("v5p:2x2x2", {})
+  assert planner.topology_args("v5e:4x4") == ("v5e:4x4", {})
+
+
 def test_unknown_topology_is_a_clear_error():
   with pytest.raises(RuntimeError, match="compile-only TPU devices"):
     planner.target("v9z-8")
