@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 
 from pgvt_jax import hardware, partitioning, step_builder
@@ -279,6 +280,8 @@ class Planner:
       extra = device_bytes(rest) + prefetch
     report = StepReport(step, batch, remat, extra_bytes=extra,
                         limit_bytes=self.target.limit_bytes)
+    logging.info("compiling the %s step for %s: global batch %d, remat %s", step,
+                 self.target.name, batch, remat)
     t = time.perf_counter()
     try:
       compiled = lowered.compile()
@@ -291,6 +294,7 @@ class Planner:
       report.total_bytes = parse_oom(str(e)).get("required", 0) + extra
       return report
     report.compile_s = time.perf_counter() - t
+    logging.info("compiled in %.1f s", report.compile_s)
     mem = compiled.memory_analysis()
     report.argument_bytes = int(mem.argument_size_in_bytes)
     report.output_bytes = int(mem.output_size_in_bytes)
