@@ -7,16 +7,6 @@ import resource
 import statistics
 import time
 
-# Dense peak TFLOP/s per chip by device_kind substring (vendor datasheets, no sparsity).
-PEAK_TFLOPS = {
-    "H200": {"bfloat16": 989.0, "float32": 67.0},
-    "H100": {"bfloat16": 989.0, "float32": 67.0},
-    "A100": {"bfloat16": 312.0, "float32": 19.5},
-    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
-    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
-    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
-}
-
 
 def timed(fn) -> float:
   t = time.perf_counter()

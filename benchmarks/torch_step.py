@@ -28,6 +28,7 @@ import sys
 import tempfile
 
 from benchmarks import timing
+from pgvt_jax import hardware  # no JAX import: the child stays torch-only
 
 # ------------------------------------------------------------------ harness side (has JAX)
 
@@ -109,9 +110,9 @@ def _torch_peak(torch, device: str, override: float | None) -> tuple[float, str]
     return override * 1e12, "--peak_tflops"
   if device == "cuda":
     name = torch.cuda.get_device_name()
-    for key, peaks in timing.PEAK_TFLOPS.items():
-      if key.lower() in name.lower():
-        return peaks["float32"] * 1e12, f"table:{key} (float32)"
+    chip = hardware.lookup(name)
+    if chip is not None:
+      return chip.peak_per_device("float32"), f"table:{chip.name} (float32)"
     return float("nan"), f"unknown device {name!r}: pass --peak_tflops"
   n = 2048
   a = torch.ones(n, n)

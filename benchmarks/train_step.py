@@ -21,8 +21,9 @@ compile_s / hlo_flops / peak mean there), top level: impl, impl_version, threads
   model_flops       2 x multiply-adds of the step's jaxpr (pgvt_jax/tools/flops.py)
   hlo_flops         the compiled step's XLA cost analysis (includes element-wise work)
   flops_per_s       model_flops / step_s;  mfu = flops_per_s / peak_flops_per_s
-  peak_flops_per_s  GPU/TPU: the device's dense peak for --dtype (table below or
-                    --peak_tflops); CPU: a float32 matmul this harness times now
+  peak_flops_per_s  GPU/TPU: the devices' dense peak in the compute dtype (per device from
+                    pgvt_jax/hardware.py x device count: a TPU v2/v3 core is a device, half a
+                    chip; or --peak_tflops); CPU: a float32 matmul this harness times now
   peak_memory_bytes device peak_bytes_in_use (GPU/TPU); CPU: the process's peak RSS
   rss_after_compile_bytes, peak_rss_after_compile_bytes  CPU: resident and peak RSS once the
                     (first) step is compiled, before it runs (how much of the peak is compiling)
@@ -61,12 +62,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import config_files, optim, partitioning, steps
+from pgvt_jax import config_files, hardware, optim, partitioning, steps
 from pgvt_jax.models import common, pgvt
 from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
 
-PEAK_TFLOPS = timing.PEAK_TFLOPS
 time_steps = timing.time_steps
 
 
@@ -113,16 +113,27 @@ def measured_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> 
   return 2 * n ** 3 / best
 
 
+def table_peak(device_kind: str, device_count: int, dtype: str) -> tuple[float, str]:
+  """Dense peak FLOP/s of `device_count` JAX devices of `device_kind` (pgvt_jax/hardware.py).
+
+  Per device, then times the devices: on TPU v2/v3, where each chip's two cores are two JAX
+  devices, a chip is counted once (a v3-8 is 4 x 123 TFLOP/s, not 8 x 123)."""
+  chip = hardware.lookup(device_kind)
+  if chip is None:
+    return float("nan"), f"unknown device {device_kind!r}: pass --peak_tflops"
+  per_device = chip.peak_per_device(dtype)
+  return per_device * device_count, (f"table:{chip.name} {per_device / 1e12:.1f} TFLOP/s per "
+                                     f"device ({chip.devices_per_chip} per chip) x "
+                                     f"{device_count}")
+
+
 def device_peak(dtype: str, override_tflops: float | None) -> tuple[float, str]:
   if override_tflops:
     return override_tflops * 1e12, "--peak_tflops"
   dev = jax.devices()[0]
   if dev.platform == "cpu":
     return measured_matmul_peak(), "measured f32 2048^3 matmul (all cores)"
-  for name, peaks in PEAK_TFLOPS.items():
-    if name.lower() in dev.device_kind.lower():
-      return peaks.get(dtype, peaks["float32"]) * 1e12 * jax.device_count(), f"table:{name}"
-  return float("nan"), f"unknown device {dev.device_kind!r}: pass --peak_tflops"
+  return table_peak(dev.device_kind, jax.device_count(), dtype)
 
 
 def compute_dtype_name(config) -> str:

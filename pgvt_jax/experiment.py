@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 
 from pgvt_jax import (accelerators, checkpointing, data, init_from, metric_writer, optim,
-                      partitioning, paths, steps)
+                      partitioning, paths, step_builder, steps)
 from pgvt_jax.models import common, factory
 
 
@@ -107,7 +107,6 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLi
 
   # ---------------------------------------------------------------- mesh
   mesh = partitioning.make_mesh(config.mesh)
-  batch_sh = partitioning.batch_sharding(mesh)
   for field in ("train_batch_size", "eval_batch_size"):
     partitioning.check_batch_divisible(config.data[field], mesh, f"config.data.{field}")
   logging.info("Mesh %s over %d devices (%d processes): %s", dict(mesh.shape),
@@ -117,57 +116,35 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLi
 
   # ---------------------------------------------------------------- input
   prepare_data(config)
-  model = factory.create_model(config.model)  # validates config.model
-  model_cfg = model.config
+  model_cfg = factory.model_config(config.model)  # validates config.model
   eval_source = data.open_source(config.data, config.data.eval_split)
   train_source = data.open_source(config.data, config.data.train_split) if train else None
   for src, split in ((eval_source, "eval_split"), (train_source, "train_split")):
     if src is not None and src.num_classes != model_cfg.num_classes:
       raise ValueError(f"config.model.num_classes={model_cfg.num_classes} but "
                        f"config.data.{split} has {src.num_classes} classes")
+  steps_per_epoch = max(1, (len(train_source) if train else 1) // config.data.train_batch_size)
+  total = config.total_steps or int(config.num_epochs * steps_per_epoch)
 
-  # ---------------------------------------------------------------- model & optimizer
-  shapes = factory.param_shapes(model)
-  param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
-  params, meta = load_params(config, model, param_sh)
+  # ---------------------------------------------------------------- model, optimizer, steps
+  # Shapes, shardings and the jitted steps, decided from the mesh alone (step_builder): the
+  # planner compiles exactly these for devices it does not have.
+  built = step_builder.build(config, mesh, train=train, total_steps=total,
+                             steps_per_epoch=steps_per_epoch)
+  model = built.model
+
+  # ---------------------------------------------------------------- shard & transfer
+  params, meta = load_params(config, model, built.param_shardings)
   if not checkpointing.finished_steps(workdir / "checkpoints"):  # a resume has its own weights
-    params = init_from.maybe_apply(config, params, meta, param_sh)
+    params = init_from.maybe_apply(config, params, meta, built.param_shardings)
   if config.freeze_backbone:
-    trainable, frozen = factory.split_params(model_cfg, params)
+    trainable, frozen = factory.split_params(model.config, params)
   else:  # full fine-tuning: the backbone trains too (and is saved in every checkpoint)
     trainable, frozen = params, {}
   del params
   logging.info("Params: %d trainable, %d frozen", common.count(trainable), common.count(frozen))
-
-  steps_per_epoch = max(1, (len(train_source) if train else 1) // config.data.train_batch_size)
-  total = config.total_steps or int(config.num_epochs * steps_per_epoch)
-  accum = max(1, config.optim.grad_accum_steps)
-  schedule = optim.make_schedule(config.optim, max(1, total // accum),
-                                 max(1, steps_per_epoch // accum))
-  tx = optim.make_optimizer(config.optim, schedule,
-                            labels=factory.param_labels(model_cfg) if config.freeze_backbone
-                            else None)
-
-  # ---------------------------------------------------------------- shard & transfer
-  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-  trainable_sh = jax.tree.map(lambda x: x.sharding, trainable)
-  state_shapes = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), trainable)
-  state_sh = partitioning.tree_shardings(state_shapes, mesh, config.mesh)
-  state_sh["params"] = trainable_sh
-  state = jax.jit(lambda p: steps.init_state(p, tx, config.seed), out_shardings=state_sh)(
-      trainable)
-
-  # ---------------------------------------------------------------- steps
-  repl = partitioning.replicated(mesh)
-  train_step = None
-  if train:
-    train_step = jax.jit(steps.make_train_step(model, tx, config, schedule),
-                         in_shardings=(state_sh, frozen_sh, batch_sh),
-                         out_shardings=(state_sh, repl), donate_argnums=(0,))
-  predict = steps.make_eval_step(model)
-  eval_step = jax.jit(
-      lambda p, f, b: (predict(p, f, b), b["label"], b["video_index"], b["valid"]),
-      in_shardings=(trainable_sh, frozen_sh, batch_sh), out_shardings=repl)
+  state = jax.jit(lambda p: steps.init_state(p, built.tx, config.seed),
+                  out_shardings=built.state_shardings)(trainable)
 
   train_iter = data.make_train_iterator(config.data, train_source) if train else None
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
@@ -175,10 +152,11 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLi
                                     async_save=config.async_checkpoints)
   meta = {**meta, "steps_per_epoch": steps_per_epoch, "total_steps": total}
   logging.info("Training for %d steps (%d per epoch)", total, steps_per_epoch)
-  return Experiment(config=config, workdir=workdir, mesh=mesh, batch_sharding=batch_sh,
+  return Experiment(config=config, workdir=workdir, mesh=mesh, batch_sharding=built.batch_sharding,
                     writer=writer, checkpointer=ckpt, model=model, eval_source=eval_source,
-                    train_iter=train_iter, frozen=frozen, state=state, train_step=train_step,
-                    eval_step=eval_step, total_steps=total, meta=meta)
+                    train_iter=train_iter, frozen=frozen, state=state,
+                    train_step=built.train_step, eval_step=built.eval_step, total_steps=total,
+                    meta=meta)
 
 
 def trainer_config() -> ml_collections.ConfigDict:

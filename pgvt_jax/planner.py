@@ -1,0 +1,432 @@
+"""Will it fit, and how fast can it be? The trainer's steps compiled for devices you may not have.
+
+    target = planner.target("v5e-4")               # compile-only TPU devices (needs libtpu)
+    p = planner.Planner(config, target)
+    train = p.report("train")                      # config's batch and remat policy
+    best = p.max_batch("full")                     # largest global train batch that fits
+    print(planner.to_json(p.plan(remats=("none", "full"))))
+
+Targets: compile-only TPU slices by name (`TOPOLOGIES`: "v2-8", "v3-8", "v4-8", "v5p-8",
+"v5e-1/4/8", "v6e-1/4/8", or a raw topology such as "v5e:4x4"), or "local" (this process's
+devices). Compile-only devices come from `jax.experimental.topologies` (libtpu, the `[tpu]`
+extra); the host backend may be the CPU (JAX_PLATFORMS=cpu): nothing runs, XLA:TPU compiles.
+
+Per device, from the compiled program (`memory_analysis`): arguments + outputs - aliased
+(donated state) + temporaries + code, plus what else the trainer keeps on the device then:
+the train step's `config.data.device_prefetch` staged batches; during an in-training eval, the
+train state the eval step does not take (optimizer state) and those staged batches. Fits when
+that total is within the device's usable HBM (`hardware.py`) and XLA did not refuse the
+program (RESOURCE_EXHAUSTED; XLA:TPU rematerialises by itself before it refuses, so fitting
+programs can show temporaries near the limit: search the batch, do not extrapolate temps).
+
+Roofline (a lower bound on step time, per device since the program is SPMD): max(FLOPs /
+peak FLOP/s, bytes accessed / HBM bandwidth), both from `cost_analysis` of the compiled
+per-device program and the chip table; clips/s = global batch / that bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import ml_collections
+from absl import logging
+import numpy as np
+
+from pgvt_jax import hardware, partitioning, step_builder
+
+REMATS = ("none", "full", "save_dots")
+# Cloud TPU accelerator names -> (jax topology name, get_topology_desc kwargs). v4 and v5p
+# show one device per chip ("megacore"), as on a real v4/v5p VM; v2/v3 one per core.
+TOPOLOGIES: dict[str, tuple[str, dict]] = {
+    "v2-8": ("v2:2x2", {}),
+    "v3-8": ("v3:2x2", {}),
+    "v4-8": ("v4:2x2x1", {"chip_config_name": "megacore"}),
+    "v5p-8": ("v5p:2x2x1", {}),
+    "v5e-1": ("v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+    "v5e-4": ("v5e:2x2", {}),
+    "v5e-8": ("v5e:2x4", {}),
+    "v6e-1": ("v6e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+    "v6e-4": ("v6e:2x2", {}),
+    "v6e-8": ("v6e:2x4", {}),
+}
+
+
+# ------------------------------------------------------------------------------- targets
+@dataclasses.dataclass
+class Target:
+  """Devices to compile for, and the per-device limits the report compares against."""
+  name: str
+  devices: list
+  limit_bytes: int                 # usable memory per device
+  chip: Optional[hardware.Chip]    # None: unknown kind (CPU): no roofline unless overridden
+  peak_tflops: Optional[float] = None  # per device, overrides the chip table
+  hbm_gbps: Optional[float] = None     # per device, overrides the chip table
+
+  @property
+  def device_kind(self) -> str:
+    return self.devices[0].device_kind
+
+  def peak_flops(self, dtype: str) -> Optional[float]:
+    if self.peak_tflops:
+      return self.peak_tflops * 1e12
+    return self.chip.peak_per_device(dtype) if self.chip else None
+
+  def bandwidth(self) -> Optional[float]:
+    if self.hbm_gbps:
+      return self.hbm_gbps * 1e9
+    return self.chip.bw_per_device() if self.chip else None
+
+
+def topology_args(name: str) -> tuple[str, dict]:
+  """(jax topology name, get_topology_desc kwargs) of "v5e-4" or a raw "v5e:2x2"."""
+  if name in TOPOLOGIES:
+    topo, kwargs = TOPOLOGIES[name]
+    return topo, dict(kwargs)
+  # A raw name, with the table's conventions: one device per v4 chip (megacore, as on a v4 VM;
+  # v5p is one per chip by default); slices smaller than one host's default 2x2x1 chips say
+  # their own host bounds.
+  kwargs = {"chip_config_name": "megacore"} if name.startswith("v4:") else {}
+  try:
+    dims = [int(d) for d in name.split(":")[1].split("x")] if ":" in name else []
+  except ValueError:
+    dims = []  # not a shape: get_topology_desc will say what is wrong with it
+  if dims and math.prod(dims) < 4:
+    kwargs["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
+  return name, kwargs
+
+
+def topology_devices(name: str) -> list:
+  """Compile-only TPU devices of a slice ("v5e-4" or a raw "v5e:2x2")."""
+  topo, kwargs = topology_args(name)
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server on a non-TPU host
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    return list(topologies.get_topology_desc(topology_name=topo, platform="tpu",
+                                             **kwargs).devices)
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(
+        f"cannot make compile-only TPU devices for {name!r} (topology {topo!r}): {e}\n"
+        f"Known names: {sorted(TOPOLOGIES)} or a raw 'v5e:4x4'. Compile-only TPU devices "
+        "need libtpu: pip install 'pgvt_jax[tpu]' in a virtualenv of its own and run with "
+        "JAX_PLATFORMS=cpu on a machine without TPUs (docs/planning.md).") from e
+
+
+def _local_limit(device) -> int:
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    pass
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  chip = hardware.lookup(device.device_kind)
+  if chip is not None:
+    return chip.usable_hbm_bytes
+  # CPU: the host's memory, shared by every (fake) CPU device of the process.
+  total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return total // max(1, len(jax.local_devices()))
+
+
+def target(name: str = "local", *, devices: Optional[Sequence[Any]] = None,
+           peak_tflops: Optional[float] = None, hbm_gbps: Optional[float] = None,
+           hbm_gib: Optional[float] = None) -> Target:
+  """A named target: "local" (this process's devices, or `devices`) or a TPU slice."""
+  if name == "local":
+    devs = list(jax.devices() if devices is None else devices)
+    limit = _local_limit(devs[0])
+  else:
+    devs = topology_devices(name)
+    chip = hardware.lookup(devs[0].device_kind)
+    if chip is None:
+      raise ValueError(f"no entry in pgvt_jax/hardware.py for {devs[0].device_kind!r}")
+    limit = chip.usable_hbm_bytes
+  if hbm_gib:
+    limit = int(hbm_gib * 2 ** 30)
+  return Target(name, devs, limit, hardware.lookup(devs[0].device_kind), peak_tflops,
+                hbm_gbps)
+
+
+# ------------------------------------------------------------------------------- reports
+@dataclasses.dataclass
+class StepReport:
+  """One compiled step on one target. Bytes and FLOPs are PER DEVICE."""
+  step: str                  # "train" | "eval"
+  global_batch: int          # clips (train) / views (eval) per step, all devices
+  remat: str
+  compile_s: float = 0.0
+  argument_bytes: int = 0
+  output_bytes: int = 0
+  alias_bytes: int = 0       # outputs written into donated arguments (the train state)
+  temp_bytes: int = 0
+  code_bytes: int = 0
+  extra_bytes: int = 0       # kept on device beside the program (prefetch, train state)
+  total_bytes: int = 0
+  limit_bytes: int = 0
+  flops: float = 0.0
+  bytes_accessed: float = 0.0
+  roofline_s: Optional[float] = None
+  clips_per_s: Optional[float] = None
+  bound: Optional[str] = None  # "compute" | "memory"
+  error: Optional[str] = None  # XLA's RESOURCE_EXHAUSTED line when it refused the program
+
+  @property
+  def fits(self) -> bool:
+    """XLA accepted the program and it, with what stays beside it, is within the limit."""
+    return self.error is None and 0 < self.total_bytes <= self.limit_bytes
+
+  def as_dict(self) -> dict:
+    return {**dataclasses.asdict(self), "fits": self.fits}
+
+
+def device_bytes(tree: Any) -> int:
+  """Bytes of the largest shard of a sharded abstract tree on one device."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+    total += int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def parse_oom(message: str) -> dict:
+  """Numbers of an XLA RESOURCE_EXHAUSTED message: {"required": bytes, "available": bytes}
+  where present (formats differ between XLA versions; absent numbers are left out)."""
+  out, num = {}, r"([\d.]+)\s*([KMGT]?)i?B?"
+  for key, pattern in (("required", r"required[^(]*\(" + num + r"\)"),
+                       ("available", r"available HBM\s*\(" + num + r"\)"),
+                       ("required", r"Used " + num + r" of"),
+                       ("available", r"of " + num + r" hbm")):
+    m = re.search(pattern, message)
+    if m and key not in out:
+      out[key] = int(float(m.group(1)) * _UNITS[m.group(2)])
+  return out
+
+
+def _cost(compiled) -> tuple[float, float]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
+class Planner:
+  """Compiles a config's steps for one target; every (step, batch, remat) compiles once."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tgt: Target):
+    self.target = tgt
+    self.notes: list[str] = []
+    # Batches are split over every device: a config batch that does not divide is planned at
+    # the next multiple (and said so), rather than refused, so one config serves all targets.
+    self.config = copy.deepcopy(config)
+    for field in ("train_batch_size", "eval_batch_size"):
+      b = int(self.config.data[field])
+      if b % self.unit:
+        self.config.data[field] = -(-b // self.unit) * self.unit
+        self.notes.append(f"config.data.{field}={b} is not a multiple of the {self.unit} "
+                          f"devices: planned at {self.config.data[field]}")
+    self._cache: dict[tuple, StepReport] = {}
+    self.built = self.build()  # the config as given: shardings, dtype (checked by tests)
+
+  @property
+  def unit(self) -> int:
+    """Global batches must be multiples of the device count (the batch is split over all)."""
+    return len(self.target.devices)
+
+  def build(self, batch: Optional[int] = None, remat: Optional[str] = None,
+            step: str = "train") -> step_builder.Built:
+    cfg = copy.deepcopy(self.config)
+    if batch is not None:
+      cfg.data["train_batch_size" if step == "train" else "eval_batch_size"] = batch
+    if remat is not None:
+      cfg.model.remat = remat
+    mesh = partitioning.make_mesh(cfg.mesh, self.target.devices)
+    # The schedule's length changes no shape: any will do.
+    return step_builder.build(cfg, mesh, train=True, total_steps=1000, steps_per_epoch=100)
+
+  def report(self, step: str = "train", batch: Optional[int] = None,
+             remat: Optional[str] = None) -> StepReport:
+    """The compiled `step` at global `batch` (default: the config's) with `remat`."""
+    data_cfg = self.config.data
+    batch = batch or (data_cfg.train_batch_size if step == "train" else data_cfg.eval_batch_size)
+    remat = remat or str(self.config.model.remat)
+    key = (step, batch, remat)
+    if key not in self._cache:
+      self._cache[key] = self._compile(step, batch, remat)
+    return self._cache[key]
+
+  def _compile(self, step: str, batch: int, remat: str) -> StepReport:
+    built = self.build(batch, remat, step)
+    prefetch = int(built.config.data.get("device_prefetch", 0)) * device_bytes(built.train_batch)
+    if step == "train":
+      lowered = built.train_step.lower(built.abstract_state, built.abstract_frozen,
+                                       built.train_batch)
+      extra = prefetch
+    else:
+      lowered = built.eval_step.lower(built.abstract_state["params"], built.abstract_frozen,
+                                      built.eval_batch)
+      # Evaluating during training: the rest of the train state and the staged batches stay.
+      rest = {k: v for k, v in built.abstract_state.items() if k != "params"}
+      extra = device_bytes(rest) + prefetch
+    report = StepReport(step, batch, remat, extra_bytes=extra,
+                        limit_bytes=self.target.limit_bytes)
+    logging.info("compiling the %s step for %s: global batch %d, remat %s", step,
+                 self.target.name, batch, remat)
+    t = time.perf_counter()
+    try:
+      compiled = lowered.compile()
+    except Exception as e:  # pylint: disable=broad-except
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      report.compile_s = time.perf_counter() - t
+      report.error = next((line for line in str(e).splitlines() if "RESOURCE_EXHAUSTED" in line),
+                          str(e))[:500]
+      report.total_bytes = parse_oom(str(e)).get("required", 0) + extra
+      return report
+    report.compile_s = time.perf_counter() - t
+    logging.info("compiled in %.1f s", report.compile_s)
+    mem = compiled.memory_analysis()
+    report.argument_bytes = int(mem.argument_size_in_bytes)
+    report.output_bytes = int(mem.output_size_in_bytes)
+    report.alias_bytes = int(mem.alias_size_in_bytes)
+    report.temp_bytes = int(mem.temp_size_in_bytes)
+    report.code_bytes = int(mem.generated_code_size_in_bytes)
+    report.total_bytes = (report.argument_bytes + report.output_bytes - report.alias_bytes
+                          + report.temp_bytes + report.code_bytes + extra)
+    report.flops, report.bytes_accessed = _cost(compiled)
+    self._roofline(report, str(built.config.model.dtype))
+    return report
+
+  def _roofline(self, report: StepReport, dtype: str) -> None:
+    peak, bw = self.target.peak_flops(dtype), self.target.bandwidth()
+    if not peak or not bw or report.flops <= 0:
+      return  # unknown chip (CPU without --peak_tflops/--hbm_gbps): no bound
+    compute, memory = report.flops / peak, report.bytes_accessed / bw
+    report.roofline_s = max(compute, memory)
+    report.bound = "compute" if compute >= memory else "memory"
+    report.clips_per_s = report.global_batch / report.roofline_s
+
+  def max_batch(self, remat: str, *, max_compiles: int = 4, limit: int = 1 << 16) -> dict:
+    """Largest fitting global train batch (a multiple of the device count) with `remat`."""
+    fits = lambda b: self.report("train", b, remat).fits
+    start = self.config.data.train_batch_size
+    found = search_max_batch(fits, self.unit, start=start, max_probes=max_compiles, limit=limit)
+    return {"remat": remat, **found}
+
+  def plan(self, remats: Sequence[str] = REMATS, search: bool = True,
+           max_compiles: int = 4, max_batch: int = 1 << 16) -> dict:
+    """Everything the CLI prints: target, choice, shardings, train/eval reports, searches."""
+    out = {"target": describe_target(self.target, self.built), "model": describe_model(
+        self.config, self.built), "shardings": describe_shardings(self.built),
+           "notes": list(self.notes),
+           "train": self.report("train").as_dict(),
+           "eval": self.report("eval").as_dict(), "max_batch": []}
+    if search:
+      out["max_batch"] = [self.max_batch(r, max_compiles=max_compiles, limit=max_batch)
+                          for r in remats]
+    out["compiles"] = len(self._cache)
+    out["compile_s"] = sum(r.compile_s for r in self._cache.values())
+    return out
+
+
+def search_max_batch(fits: Callable[[int], bool], unit: int, *, start: int = 0,
+                     max_probes: int = 8, limit: int = 1 << 16) -> dict:
+  """The largest multiple of `unit` (<= `limit`) for which `fits` holds, `fits` monotone.
+
+  Doubles up from `start` (rounded to a multiple of `unit`) while it fits, halves down while
+  it does not, then bisects; at most `max_probes` calls. Returns {"max_batch": largest known
+  to fit (0: none), "first_failing": smallest known not to (None: none found below `limit`),
+  "exact": whether they are adjacent multiples, "probes": [(batch, fits), ...]}.
+  """
+  probes: list[tuple[int, bool]] = []
+
+  def probe(b: int) -> bool:
+    ok = bool(fits(b))
+    probes.append((b, ok))
+    return ok
+
+  lo, hi = 0, None  # largest known fitting, smallest known failing
+  b = min(max(unit, start // unit * unit), limit // unit * unit)
+  if b < unit:
+    return {"max_batch": 0, "first_failing": None, "exact": True, "probes": probes}
+  if probe(b):
+    lo = b
+    while len(probes) < max_probes and b * 2 <= limit:
+      b *= 2
+      if probe(b):
+        lo = b
+      else:
+        hi = b
+        break
+  else:
+    hi = b
+    while len(probes) < max_probes and b > unit:
+      b = max(unit, b // 2 // unit * unit)
+      if probe(b):
+        lo = b
+        break
+      hi = b
+  top = hi if hi is not None else (limit // unit + 1) * unit
+  while len(probes) < max_probes and top - lo > unit and (hi is not None or lo < limit):
+    mid = (lo + top) // 2 // unit * unit
+    if mid <= lo:
+      break
+    if probe(mid):
+      lo = mid
+    else:
+      hi = top = mid
+  exact = (hi is not None and hi - lo <= unit) or (hi is None and lo + unit > limit)
+  return {"max_batch": lo, "first_failing": hi, "exact": bool(exact), "probes": probes}
+
+
+# ------------------------------------------------------------------------------- describing
+def describe_target(tgt: Target, built: step_builder.Built) -> dict:
+  dtype = str(built.config.model.dtype)
+  return {"name": tgt.name, "device_kind": tgt.device_kind, "platform": tgt.devices[0].platform,
+          "num_devices": len(tgt.devices), "chip": tgt.chip.name if tgt.chip else None,
+          "devices_per_chip": tgt.chip.devices_per_chip if tgt.chip else 1,
+          "limit_bytes_per_device": tgt.limit_bytes,
+          "peak_flops_per_device": tgt.peak_flops(dtype),
+          "hbm_bytes_per_s_per_device": tgt.bandwidth()}
+
+
+def describe_model(config: ml_collections.ConfigDict, built: step_builder.Built) -> dict:
+  m = built.config.model
+  return {"family": m.family, "variant": m.variant, "backbone": m.backbone,
+          "image_size": m.image_size, "video_frames": m.video_frames,
+          "pose_frames": m.pose_frames, "remat": str(config.model.remat),
+          "dtype": str(m.dtype), "attention_impl": str(m.attention_impl),
+          "auto_reason": built.choice.reason}
+
+
+def _spec(sharding) -> str:
+  return str(tuple(sharding.spec))
+
+
+def describe_shardings(built: step_builder.Built) -> dict:
+  """Mesh axes and how many leaves of each tree use each partition spec."""
+  def count(tree) -> dict:
+    out: dict[str, int] = {}
+    for s in jax.tree.leaves(tree):
+      out[_spec(s)] = out.get(_spec(s), 0) + 1
+    return out
+  mesh = built.batch_sharding.mesh
+  return {"mesh": {k: int(v) for k, v in mesh.shape.items()},
+          "mesh_devices": int(mesh.devices.size),
+          "batch": _spec(built.batch_sharding),
+          "params": count(built.param_shardings), "state": count(built.state_shardings),
+          "frozen": count(built.frozen_shardings)}
+
+
+def to_json(plan: dict) -> str:
+  return json.dumps(plan, indent=1, default=str)
