@@ -115,7 +115,9 @@ class ModelConfig:
   remat: str = "none"               # per block: "none" | "full" | "save_dots"
                                     # (clip_vit.remat_block); True/False read as full/none
   attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU >= sm80 when possible, else XLA) |
-                                    # "xla" | "cudnn" (clip_vit.resolve_attention_impl)
+                                    # "xla" (probabilities recomputed in the backward) |
+                                    # "xla_saved" (saved: more memory) | "cudnn"
+                                    # (clip_vit.resolve_attention_impl, models/attention.py)
   # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
   paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
