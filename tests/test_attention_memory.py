@@ -96,3 +96,14 @@ def test_model_gradients_equal_with_saved_and_recomputed_probabilities():
   g_ref = jax.grad(loss("xla_saved"))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), g, g_ref)
   assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g)) > 0
+
+
+def test_benchmark_reports_less_temp_memory_with_recomputed_probabilities(tmp_path):
+  from benchmarks import attention_memory  # pylint: disable=g-import-not-at-top
+  out = attention_memory.main(["--config=tiny,runlocal", "--batch=2",
+                               f"--json={tmp_path / 'r.json'}"])
+  before, after = out["results"]["xla_saved"], out["results"]["xla"]
+  assert before["fits"] and after["fits"]
+  assert after["temp_bytes"] < before["temp_bytes"]
+  assert after["argument_bytes"] == before["argument_bytes"]
+  assert (tmp_path / "r.json").is_file()
