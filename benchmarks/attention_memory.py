@@ -29,6 +29,7 @@ import numpy as np
 
 from configs import diving48
 from pgvt_jax import optim, steps
+from pgvt_jax.models import attention as attention_lib
 from pgvt_jax.models import common, pgvt
 
 
@@ -78,6 +79,27 @@ def compile_step(config, batch: int, frames_dtype: str, device) -> dict:
                                  for s in jax.tree.leaves(args[2])))}
 
 
+def attention_stack(impl: str, device, batch: int, layers: int = 4, tokens: int = 197,
+                    heads: int = 12, head_dim: int = 64, dtype=jnp.bfloat16) -> dict:
+  """Temp bytes of the gradient of `layers` (projection -> attention -> tanh residual)
+  blocks alone: the attention's share without the rest of the model."""
+  width = heads * head_dim
+
+  def f(x, ws):
+    for w in ws:
+      q, k, v = ((x @ m).reshape(batch, tokens, heads, head_dim) for m in (w, w.T, 2 * w))
+      y = attention_lib.dot_product_attention(q, k, v, implementation=impl)
+      x = x + jnp.tanh(y.reshape(batch, tokens, width))
+    return jnp.sum(x.astype(jnp.float32))
+
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  x = jax.ShapeDtypeStruct((batch, tokens, width), dtype, sharding=sharding)
+  ws = jax.ShapeDtypeStruct((layers, width, width), dtype, sharding=sharding)
+  compiled = jax.jit(jax.grad(f)).lower(x, ws).compile()
+  return {"batch": batch, "layers": layers,
+          "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes)}
+
+
 def max_batch(config, frames_dtype: str, device, lo: int, hi: int) -> tuple[int, list]:
   """Largest batch in [lo, hi] that compiles (bisection; lo is assumed to fit)."""
   tried = []
@@ -101,6 +123,9 @@ def main(argv=None):
   p.add_argument("--frames_dtype", default="uint8", choices=("uint8", "float32"))
   p.add_argument("--topology", default="", help='compile-only TPU, e.g. "v5e:1x1"')
   p.add_argument("--max_batch", type=int, default=0, help="bisect the batch up to this")
+  p.add_argument("--stack", type=int, default=0,
+                  help="instead of the model: N attention blocks alone (B/16 sizes), batch "
+                  "= --batch images")
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
 
@@ -118,6 +143,11 @@ def main(argv=None):
          "variant": args.variant, "frames_dtype": args.frames_dtype, "dtype": dtype,
          "results": {}}
   for impl in args.impls.split(","):
+    if args.stack:
+      out["results"][impl] = attention_stack(impl, device, args.batch, args.stack,
+                                             dtype=jnp.dtype(dtype))
+      print(impl, json.dumps(out["results"][impl]), flush=True)
+      continue
     config = _config(args, impl, dtype)
     out["frames"] = (config.model.video_frames, config.model.pose_frames)
     r = compile_step(config, args.batch, args.frames_dtype, device)

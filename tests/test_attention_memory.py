@@ -107,3 +107,15 @@ def test_benchmark_reports_less_temp_memory_with_recomputed_probabilities(tmp_pa
   assert after["temp_bytes"] < before["temp_bytes"]
   assert after["argument_bytes"] == before["argument_bytes"]
   assert (tmp_path / "r.json").is_file()
+
+
+def test_recomputation_is_fenced_from_common_subexpression_elimination():
+  # Inside one jit, the backward's q k^T is the forward's expression again: XLA:TPU merged
+  # the two and kept the float32 logits alive (compile-only v5e, benchmarks/RESULTS.md), so
+  # the backward reads its residuals through an optimization barrier. XLA:CPU does not merge
+  # them, so the memory effect is visible only on TPU; this checks the fence is there.
+  q, k, v, _, _ = _inputs(jnp.bfloat16)
+  loss = lambda impl: lambda q: jnp.sum(attention.dot_product_attention(
+      q, k, v, implementation=impl).astype(jnp.float32))
+  assert "optimization_barrier" in jax.jit(jax.grad(loss("xla"))).lower(q).as_text()
+  assert "optimization_barrier" not in jax.jit(jax.grad(loss("xla_saved"))).lower(q).as_text()

@@ -161,7 +161,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def pixel_stats(cfg: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
-  """(mean, std) the pipeline normalises with: config.data.pixel_mean/std, CLIP's if ()."""
+  """(mean, std) of config.data.pixel_mean/std, CLIP's if () (the model normalises the uint8
+  frames with these once configure_data has copied them to config.model)."""
   from pgvt_jax.models import clip_vit  # pylint: disable=g-import-not-at-top
   mean = tuple(cfg.get("pixel_mean", ()) or ()) or clip_vit.CLIP_MEAN
   std = tuple(cfg.get("pixel_std", ()) or ()) or clip_vit.CLIP_STD

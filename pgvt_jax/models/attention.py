@@ -90,7 +90,9 @@ def _unbroadcast(x: Array, shape: tuple[int, ...]) -> Array:
 
 
 def _lean_bwd(scale, res, g):
-  q, k, v, bias, mask, lse = res
+  # The barrier makes the recomputed logits a new value: without it XLA's CSE merges them
+  # with the forward's and keeps those alive until here (seen on TPU: more memory, not less).
+  q, k, v, bias, mask, lse = jax.lax.optimization_barrier(res)
   p = jnp.exp(_logits(q, k, bias, mask, scale) - lse)             # (B, H, Lq, Lk) float32
   dv = jnp.einsum("bhqk,bqhd->bkhd", p.astype(v.dtype), g.astype(v.dtype))
   dp = jnp.einsum("bqhd,bkhd->bhqk", g.astype(v.dtype), v, precision=_precision(v.dtype),
