@@ -3,7 +3,7 @@ r"""Input-pipeline throughput: clips/s per CPU core, from ArrayRecord records.
 Writes a small TFDS ArrayRecord dataset in the data contract's schema (JPEG
 frames at short side 256, COCO-17 keypoints), then times the training
 pipeline (16 frames at 224 px + 48 aligned pose frames, random resized crop,
-flip, CLIP normalisation) and the 3-crop eval pipeline.
+flip; frames leave as uint8, normalised later on the device) and the 3-crop eval pipeline.
 
 Frames come from a real clip (mmaction2's demo.mp4, 340x256, in
 ../shared/realdata) when present, else from smooth synthetic images; each

@@ -90,7 +90,7 @@ def _define_flags() -> None:
 
 
 def synthetic_batch(model_cfg, batch: int, num_classes: int, seed: int = 0) -> dict:
-  """A batch of the shapes the model reads, plus labels (host numpy, float32)."""
+  """A batch of the shapes and dtypes the model reads (uint8 frames), plus labels (host numpy)."""
   rng = np.random.default_rng(seed)
   out = {}
   for k, spec in pgvt.input_spec(model_cfg, batch).items():
@@ -98,6 +98,8 @@ def synthetic_batch(model_cfg, batch: int, num_classes: int, seed: int = 0) -> d
       out[k] = np.ones(spec.shape, np.float32)
     elif k == "pose":
       out[k] = rng.uniform(0, 1, spec.shape).astype(np.float32)
+    elif spec.dtype == np.uint8:  # frames: pixels, normalised in the step
+      out[k] = rng.integers(0, 256, spec.shape, dtype=np.uint8)
     else:
       out[k] = rng.standard_normal(spec.shape, dtype=np.float32)
   out["label"] = rng.integers(0, num_classes, (batch,)).astype(np.int32)

@@ -120,8 +120,7 @@ def embed_episodes(embed_fn, params, episodes, batch_size: int, sharding) -> lis
   out = []
   for ep in episodes:
     v, t = ep.num_views, ep.num_frames
-    inputs = {"frames": alignment_data.normalize(ep.frames.reshape((v * t,) +
-                                                                   ep.frames.shape[2:])),
+    inputs = {"frames": ep.frames.reshape((v * t,) + ep.frames.shape[2:]),  # uint8
               "pose": ep.pose.reshape(v * t, -1, 2), "pose_mask": ep.pose_mask.reshape(v * t, -1)}
     embs = []
     for s in range(0, v * t, batch_size):

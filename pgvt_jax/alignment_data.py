@@ -8,7 +8,7 @@ datasets are small: 3 views x 40 frames x 64^2 x 3 bytes = 1.5 MB an episode).
 A training batch is a pure function of (seed, step) (`sample_batch`), so a resumed run draws
 exactly the batches an uninterrupted one draws without any iterator state in the checkpoint:
 
-    frames     (B, 2, K, S, S, 3) float32, ImageNet-normalised   two views, K times each
+    frames     (B, 2, K, S, S, 3) uint8 (DeiT normalises on the device) two views, K times each
     pose       (B, 2, K, J, 2)    float32 model-input pixels
     pose_mask  (B, 2, K, J)       float32
     times      (B, K)             int32 sorted, distinct
@@ -97,7 +97,8 @@ STD = np.array(deit.IMAGENET_STD, np.float32)
 
 
 def normalize(frames: np.ndarray) -> np.ndarray:
-  """uint8 (..., 3) -> float32 (x / 255 - mean) / std (ImageNet, as 3DTRL/DeiT)."""
+  """uint8 (..., 3) -> float32 (x / 255 - mean) / std (ImageNet, as 3DTRL/DeiT): on the host,
+  for the raw-pixel baseline; the model's batches stay uint8 (DeiT normalises them)."""
   return (frames.astype(np.float32) / 255.0 - MEAN) / STD
 
 
@@ -115,7 +116,7 @@ def sample_batch(episodes: list[Episode], *, seed: int, step: int, batch_size: i
     views = rng.choice(ep.num_views, 2, replace=False)
     times = np.sort(rng.choice(ep.num_frames, k, replace=False))
     idx = np.ix_(views, times)
-    out["frames"].append(normalize(ep.frames[idx]))
+    out["frames"].append(ep.frames[idx])
     out["pose"].append(ep.pose[idx])
     out["pose_mask"].append(ep.pose_mask[idx])
     out["times"].append(times.astype(np.int32))

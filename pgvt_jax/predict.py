@@ -313,6 +313,8 @@ def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
     raise PredictError(f"{workdir}: no such workdir")
   config = load_config(workdir) if config is None else config
   try:
+    if hasattr(_factory(), "configure_data"):  # J; config.data's pixel statistics into the
+      _factory().configure_data(config)        # model, which normalises the uint8 frames
     model = _factory().create_model(config.model)
   except (ValueError, TypeError) as e:
     raise PredictError(f"{workdir}/config.json: {e}") from None

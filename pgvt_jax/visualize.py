@@ -99,7 +99,10 @@ def video_to_pose_weights(attn: dict, layer: int, batch_size: int) -> Optional[n
 
 
 def denormalize(frames: np.ndarray) -> np.ndarray:
-  """CLIP-normalised `(..., S, S, 3)` -> [0, 1] RGB for display."""
+  """Batch frames `(..., S, S, 3)` -> [0, 1] RGB for display: uint8 pixels (what the
+  pipeline sends) directly; float frames are taken as CLIP-normalised."""
+  if frames.dtype == np.uint8:
+    return frames.astype(np.float32) / 255.0
   return np.clip(frames * np.asarray(augment.CLIP_STD) + np.asarray(augment.CLIP_MEAN), 0, 1)
 
 

@@ -111,7 +111,6 @@ def test_sample_batch_is_a_function_of_seed_and_step():
   # Each sample's two views are distinct views of one episode at the same times.
   for s in range(3):
     hits = [(e, v0, v1) for e in eps for v0 in range(3) for v1 in range(3) if v0 != v1 and
-            np.allclose(alignment_data.normalize(e.frames[v0, a["times"][s]]), a["frames"][s, 0])
-            and np.allclose(alignment_data.normalize(e.frames[v1, a["times"][s]]),
-                            a["frames"][s, 1])]
+            np.array_equal(e.frames[v0, a["times"][s]], a["frames"][s, 0])
+            and np.array_equal(e.frames[v1, a["times"][s]], a["frames"][s, 1])]
     assert len(hits) == 1

@@ -136,8 +136,7 @@ def _index_record(t, h=48, w=64, fps=30.0):
 
 
 def _rgb(frames):
-  from pgvt_jax.data import augment
-  return np.round((frames * augment.CLIP_STD + augment.CLIP_MEAN) * 255)
+  return np.asarray(frames, np.float64)  # uint8 pixels
 
 
 def _views(cfg, rec):

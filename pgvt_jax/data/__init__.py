@@ -12,8 +12,10 @@ Typical use in a trainer (`cfg` = `config.data`, see `get_config()`):
                                                      # are padding
 
 Batches (dict of numpy arrays per host, B = global batch // process_count):
-  frames        (B, T_l, S, S, 3) float32   normalised with config.data.pixel_mean/std
-                                            (default CLIP's; the model family's in a run)
+  frames        (B, T_l, S, S, 3) uint8     RGB pixels after crop/resize/flip; the model
+                                            normalises them on the device with
+                                            config.data.pixel_mean/std (copied to
+                                            config.model; `normalize`)
   pose          (B, T_h, J, 2)    float32   (x, y) in [0, 1) of the crop,
                                             masked joints 0; J = V * max_persons,
                                             person-major
@@ -37,6 +39,7 @@ format; wrap it in `Source(records, skeleton, num_classes)`):
 """
 
 from pgvt_jax.data.augment import CLIP_MEAN, CLIP_STD
+from pgvt_jax.models.pixels import normalize
 from pgvt_jax.data.config import get_config, validate
 from pgvt_jax.data.pipeline import (EvalInfo, batch_spec, eval_dataset,
                                     make_eval_iterator, make_train_iterator,
@@ -50,6 +53,7 @@ from pgvt_jax.data.sources import RecordsNotFoundError, Source, open_source
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "ClipProcessor", "DevicePrefetcher", "EvalInfo",
     "RecordsNotFoundError", "Source", "batch_sharding", "batch_spec", "eval_dataset",
-    "example_spec", "get_config", "make_eval_iterator", "make_train_iterator", "open_source",
+    "example_spec", "get_config", "make_eval_iterator", "make_train_iterator", "normalize",
+    "open_source",
     "position", "seek", "to_global", "train_dataset", "validate",
 ]

@@ -55,10 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.crop_area = (0.08, 1.0)
   c.crop_aspect = (3 / 4, 4 / 3)
   c.flip = True            # horizontal flip with p=0.5, swaps left/right joints
-  # Pixel normalisation (x / 255 - mean) / std, RGB. () = the model family's
-  # statistics: experiment.setup_experiment fills them in (models.factory.
-  # configure_data); the pipeline on its own uses CLIP's. TimeSformer's are
-  # (0.45,) * 3 / (0.225,) * 3.
+  # Pixel normalisation (x / 255 - mean) / std, RGB, applied by the model on the
+  # device (batches carry uint8 frames). () = the model family's statistics:
+  # experiment.setup_experiment fills them in and copies them to
+  # config.model.pixel_mean/std (models.factory.configure_data). TimeSformer's
+  # are (0.45,) * 3 / (0.225,) * 3, CLIP's clip_vit.CLIP_MEAN/STD.
   c.pixel_mean = ()
   c.pixel_std = ()
   # Person-centred crop (PAAB/PAAT): crops are drawn from the square around
@@ -160,7 +161,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def pixel_stats(cfg: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
-  """(mean, std) the pipeline normalises with: config.data.pixel_mean/std, CLIP's if ()."""
+  """(mean, std) of config.data.pixel_mean/std, CLIP's if () (the model normalises the uint8
+  frames with these once configure_data has copied them to config.model)."""
   from pgvt_jax.models import clip_vit  # pylint: disable=g-import-not-at-top
   mean = tuple(cfg.get("pixel_mean", ()) or ()) or clip_vit.CLIP_MEAN
   std = tuple(cfg.get("pixel_std", ()) or ()) or clip_vit.CLIP_STD

@@ -1,5 +1,6 @@
 """One record -> one model example (one clip, one crop): sampling, crop/flip,
-normalisation, pose selection and (optionally) heatmaps.
+pose selection and (optionally) heatmaps. Frames stay uint8: the model normalises them on
+the device (models/pixels.py), a quarter of float32's host-to-device bytes.
 
 A record is a dict in the data contract's format (docs in `pgvt_jax.data`):
 frames (T, H, W, 3) uint8 -- or a length-T sequence of per-frame uint8 arrays
@@ -19,7 +20,6 @@ from PIL import Image
 from pgvt_jax import skeletons
 from pgvt_jax.data import augment
 from pgvt_jax.data import sampling
-from pgvt_jax.data.config import pixel_stats
 
 Example = dict[str, np.ndarray]
 
@@ -41,7 +41,7 @@ def example_spec(cfg: ml_collections.ConfigDict, num_joints: int,
   j = num_joints * cfg.max_persons
   s = cfg.image_size
   spec = {
-      "frames": ((cfg.num_frames, s, s, 3), np.float32),
+      "frames": ((cfg.num_frames, s, s, 3), np.uint8),   # pixels; normalised on device
       "pose": ((cfg.pose_frames, j, 2), np.float32),
       "pose_mask": ((cfg.pose_frames, j), np.float32),
       "label": ((), np.int32),
@@ -248,9 +248,10 @@ class ClipProcessor:
     s = cfg.image_size
     # Decode each distinct sampled frame once (short videos repeat indices).
     uniq, inverse = np.unique(vidx, return_inverse=True)
-    crops = np.stack([augment.crop_resize(frames.image(int(i)), box, s)
-                      for i in uniq])[inverse]
-    pixels = augment.normalize_frames(crops, *pixel_stats(cfg))
+    # PIL resamples uint8 images to uint8 (its bilinear filter rounds to the nearest
+    # integer), so these are exactly the pixels the float32 pipeline used to normalise.
+    pixels = np.stack([augment.crop_resize(frames.image(int(i)), box, s)
+                       for i in uniq])[inverse]
     if flip:  # a view; batching makes the one copy
       pixels = pixels[:, :, ::-1]
     persons = augment.select_persons(score, cfg.max_persons)

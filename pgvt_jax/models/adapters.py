@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pgvt_jax.models import attention
 from pgvt_jax.models.clip_vit import HeadsDense, attend, exact_gelu
 
 Array = jax.Array
@@ -130,7 +131,7 @@ def cross_attention(q: Array, k: Array, v: Array, module: nn.Module | None = Non
   b, t = q.shape[:2]
   flat = lambda x: x.reshape((b * t,) + x.shape[2:])
   if module is None:
-    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v))
+    out = attention.dot_product_attention(flat(q), flat(k), flat(v))
   else:
     out = attend(module, flat(q), flat(k), flat(v), record=record, impl=impl)
   return out.reshape(q.shape)

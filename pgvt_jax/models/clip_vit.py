@@ -27,6 +27,7 @@ import numpy as np
 from flax import linen as nn
 
 from pgvt_jax import accelerators
+from pgvt_jax.models import attention as attention_lib
 
 Array = jax.Array
 
@@ -127,16 +128,18 @@ def attention_weights(q: Array, k: Array, bias: Optional[Array] = None) -> Array
   return jax.nn.softmax(logits, axis=-1)
 
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto",) + attention_lib.IMPLEMENTATIONS  # "xla", "xla_saved", "cudnn"
 
 
 def resolve_attention_impl(impl: str, dtype, head_dim: int, masked: bool = False,
                            devices=None) -> str:
-  """`config.model.attention_impl` -> the `implementation=` of `jax.nn.dot_product_attention`.
+  """`config.model.attention_impl` -> the `implementation=` of `attention.dot_product_attention`.
 
   "auto": "cudnn" (fused flash attention) on NVIDIA GPUs of compute capability >= 8.0
   (accelerators.choose) when cuDNN takes the call (float16/bfloat16, head dim a multiple of 8
-  and <= 128, no boolean mask), else "xla". "cudnn" is honoured as asked and raises on a
+  and <= 128, no boolean mask), else "xla" (XLA attention whose backward recomputes the
+  probabilities instead of saving them, models/attention.py). "xla_saved" (jax.nn's XLA path,
+  probabilities saved for the backward) and "xla" are honoured as asked. "cudnn" is honoured as asked and raises on a
   platform without cuDNN (CPU, TPU) rather than silently falling back. `devices` default to
   `jax.devices()`: pass the target devices when compiling for others.
   """
@@ -160,8 +163,9 @@ def attend(module: nn.Module, q: Array, k: Array, v: Array, bias: Optional[Array
            record: Optional[str] = None, impl: str = "auto") -> Array:
   """Scaled dot-product attention `(B, Lq, H, d)` -> `(B, Lq, H, d)`.
 
-  The fast path is `jax.nn.dot_product_attention` with `impl` (`resolve_attention_impl`: cuDNN
-  flash attention on GPU under "auto"), which returns no weights. Only when the caller applies
+  The fast path is `attention.dot_product_attention` with `impl` (`resolve_attention_impl`: cuDNN
+  flash attention on GPU under "auto", else XLA without saved probabilities), which returns no
+  weights. Only when the caller applies
   the model with `mutable=["attention"]` and names the call (`record`), the weights are
   computed explicitly (einsum, float32 softmax) and sown, averaged over heads:
   `module.sow("attention", record, (B, Lq, Lk))`. The two paths agree to float32 rounding
@@ -169,7 +173,7 @@ def attend(module: nn.Module, q: Array, k: Array, v: Array, bias: Optional[Array
   """
   if record is None or not module.is_mutable_collection(ATTENTION):
     implementation = resolve_attention_impl(impl, q.dtype, q.shape[-1])
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
+    return attention_lib.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
   w = attention_weights(q, k, bias)
   module.sow(ATTENTION, record, w.mean(axis=1))
   return jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v)

@@ -115,7 +115,9 @@ class ModelConfig:
   remat: str = "none"               # per block: "none" | "full" | "save_dots"
                                     # (clip_vit.remat_block); True/False read as full/none
   attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU >= sm80 when possible, else XLA) |
-                                    # "xla" | "cudnn" (clip_vit.resolve_attention_impl)
+                                    # "xla" (probabilities recomputed in the backward) |
+                                    # "xla_saved" (saved: more memory) | "cudnn"
+                                    # (clip_vit.resolve_attention_impl, models/attention.py)
   # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
   paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
@@ -126,6 +128,11 @@ class ModelConfig:
   paat_hidden: int = 256            # D_e of Eq. 7
   pose_map_random: bool = False     # Table 2: pose maps from keypoints at random pixels
   pose_map_noise: int = 0           # Fig. 4: + random integer in [0, eps] px per coordinate
+  # uint8 frames are normalised in the model, (x / 255 - mean) / std (RGB, models/pixels.py).
+  # () = the family's statistics (pixel_stats); factory.configure_data copies
+  # config.data.pixel_mean/std here, so set those.
+  pixel_mean: tuple[float, ...] = ()
+  pixel_std: tuple[float, ...] = ()
 
   def __post_init__(self):
     def fail(field, msg):
@@ -158,6 +165,11 @@ class ModelConfig:
       fail("remat", f"expected one of {list(clip_vit.REMAT_POLICIES)}")
     if self.attention_impl not in clip_vit.ATTENTION_IMPLS:
       fail("attention_impl", f"expected one of {list(clip_vit.ATTENTION_IMPLS)}")
+    for f in ("pixel_mean", "pixel_std"):  # ConfigDicts / JSON give lists: back to tuples
+      v = tuple(float(x) for x in (getattr(self, f) or ()))
+      object.__setattr__(self, f, v)
+      if v and (len(v) != 3 or (f == "pixel_std" and min(v) <= 0)):
+        fail(f, "expected () or 3 RGB values (std > 0)")
     if not 0 < self.adapter_ratio <= 4:
       fail("adapter_ratio", "expected 0 < ratio <= 4")
     if not 0 <= self.drop_path < 1:
@@ -258,6 +270,14 @@ class ModelConfig:
   @property
   def streams(self) -> Streams:
     return STREAMS[self.variant]
+
+  @property
+  def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) uint8 frames are normalised with: pixel_mean/std, else the family's
+    (the statistics its pretrained weights were trained with)."""
+    mean, std = ((timesformer.MEAN, timesformer.STD) if self.family == "timesformer"
+                 else (clip_vit.CLIP_MEAN, clip_vit.CLIP_STD))
+    return tuple(self.pixel_mean or mean), tuple(self.pixel_std or std)
 
   @property
   def patch_geometry(self) -> tuple[int, int]:

@@ -5,7 +5,8 @@ time-contrastive loss, for multi-view robot video alignment (Sec. 4, Table 5).
 
     model = DeiT(get_config("S/16", image_size=224, paab_layers=(12,)))
     emb, out = model.apply({"params": p}, {"frames": x, "pose": kp, "pose_mask": m}, train=True)
-    # frames (B, S, S, 3) normalised; pose (B, J, 2) model-input pixels; pose_mask (B, J)
+    # frames (B, S, S, 3) uint8 (normalised inside, ImageNet statistics) or float (already
+    # normalised); pose (B, J, 2) model-input pixels; pose_mask (B, J)
     # emb (B, D): the final-LayerNorm CLS token (the frame embedding 3DTRL/TCN train on)
 
 Parameter tree (timm / Hugging Face `ViTModel` layout, see `convert_hf_vit`):
@@ -26,6 +27,7 @@ from flax import linen as nn
 
 from pgvt_jax.models import paab as paab_lib
 from pgvt_jax.models import paat as paat_lib
+from pgvt_jax.models import pixels
 from pgvt_jax.models import pose_maps as pose_maps_lib
 
 Array = jax.Array
@@ -131,7 +133,8 @@ class DeiT(nn.Module):
   def __call__(self, batch: Mapping[str, Array], *, train: bool = False
                ) -> tuple[Array, dict[str, Any]]:
     c = self.config
-    x = batch["frames"]
+    # uint8 pixels (the alignment batches) normalised here; float frames: already normalised.
+    x = pixels.model_frames(batch["frames"], IMAGENET_MEAN, IMAGENET_STD, jnp.float32)
     if x.ndim != 4 or x.shape[1:] != (c.image_size, c.image_size, 3):
       raise ValueError(f"DeiT: frames {x.shape}, expected (B, {c.image_size}, "
                        f"{c.image_size}, 3)")
@@ -170,7 +173,7 @@ class DeiT(nn.Module):
 
 def dummy_batch(config: DeitConfig, batch_size: int = 1) -> dict[str, Array]:
   s, j = config.image_size, config.num_keypoints
-  return {"frames": jnp.zeros((batch_size, s, s, 3), jnp.float32),
+  return {"frames": jnp.zeros((batch_size, s, s, 3), jnp.uint8),  # pixels, as alignment_data
           "pose": jnp.zeros((batch_size, j, 2), jnp.float32),
           "pose_mask": jnp.ones((batch_size, j), jnp.float32)}
 

@@ -23,15 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from pgvt_jax import paths
-from pgvt_jax.models import clip_vit, common, pgvt, timesformer, timesformer_model
+from pgvt_jax.models import common, pgvt, timesformer_model
 from pgvt_jax.models.config import ModelConfig
 
 # Config field (top level) holding each family's converted weights directory.
 PRETRAINED_FIELD = {"clip": "clip_dir", "timesformer": "timesformer_dir"}
 CONVERTER = {"clip": "pgvt_jax.convert_clip", "timesformer": "pgvt_jax.convert_timesformer"}
-# Pixel statistics each family's pretrained weights expect (RGB, on [0, 1]).
-PIXEL_STATS = {"clip": (clip_vit.CLIP_MEAN, clip_vit.CLIP_STD),
-               "timesformer": (timesformer.MEAN, timesformer.STD)}
 
 
 def model_config(config) -> ModelConfig:
@@ -132,12 +129,14 @@ def load_pretrained(config, params: Mapping) -> tuple[dict, epath.Path]:
 
 # ------------------------------------------------------------------------------- data
 def configure_data(config) -> None:
-  """Sets the `config.data` fields the model implies: num_joints, pixel statistics (when ())."""
+  """Sets the `config.data` fields the model implies: num_joints, pixel statistics (when ()),
+  and the pixel statistics into `config.model` (the model normalises the uint8 frames)."""
   m = model_config(config.model)
   config.data.num_joints = m.num_joints  # the pipeline asserts the data has this J
-  mean, std = PIXEL_STATS[m.family]
-  if not tuple(config.data.get("pixel_mean", ()) or ()):
-    config.data.pixel_mean = tuple(mean)
-  if not tuple(config.data.get("pixel_std", ()) or ()):
-    config.data.pixel_std = tuple(std)
+  # config.data's when set (the knob), else config.model's (set by an earlier call), else
+  # the family's (the statistics its pretrained weights were trained with).
+  for field, default in zip(("pixel_mean", "pixel_std"), m.pixel_stats):
+    value = tuple(config.data.get(field, ()) or ()) or tuple(default)
+    config.data[field] = value
+    config.model[field] = value
 

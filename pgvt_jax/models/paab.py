@@ -13,7 +13,7 @@ init) whose attention is restricted to *pose tokens*, the patches with P^2D = 1 
   joint_pa_sta  joint PA-STA, Eq. 5: [CLS..., all T*N patches] attend, keys masked to CLS + the
                 pose tokens of every frame.
 The mask adds "-inf" to the logits of non-pose keys (the paper's infinity(P^2D - 1) addend,
-realised as a boolean mask in `jax.nn.dot_product_attention`). CLS is always a key, so every
+realised as a boolean mask in `attention.dot_product_attention`). CLS is always a key, so every
 query row has at least one key: a frame without any pose token gives CLS-only attention, never
 NaN. The rows of non-pose queries are computed but discarded: non-pose patch tokens leave the
 block with their input values (Eq. 5/6: alpha = 0 for them; "MLP" included), pose tokens and CLS
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import clip_vit
+from pgvt_jax.models import attention, clip_vit
 
 Array = jax.Array
 VARIANTS = ("pa_sa", "fact_pa_sta", "joint_pa_sta")
@@ -74,7 +74,7 @@ class MaskedSelfAttention(nn.Module):
     mask = None if key_mask is None else key_mask[:, None, None, :]   # (B', 1, 1, L)
     impl = clip_vit.resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1],
                                            masked=mask is not None)
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    y = attention.dot_product_attention(q, k, v, mask=mask, implementation=impl)
     return clip_vit.HeadsDense(d, kernel_init=trunc_normal_init(), dtype=self.dtype,
                                name="out")(y)
 

@@ -5,7 +5,8 @@
     logits, out = model.apply({"params": params}, batch, train=True,
                               rngs={"dropout": k1, "drop_path": k2})
 
-Batch (from pgvt_jax.data): frames (B, T_l, S, S, 3) CLIP-normalised; pose (B, T_h, J, 2) in
+Batch (from pgvt_jax.data): frames (B, T_l, S, S, 3) uint8 RGB, normalised in the model with
+config.model.pixel_stats (CLIP's by default; float frames are taken as already normalised); pose (B, T_h, J, 2) in
 [0, 1]; pose_mask (B, T_h, J) optional (default: all joints present); pose_heatmap
 (B, T_h, Hh, Hh, J) for pose_format="heatmap". Streams a variant does not use are not read.
 
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import clip_vit, pose_maps
+from pgvt_jax.models import clip_vit, pixels, pose_maps
 from pgvt_jax.models.adapters import Adapter, DropPath, RefiningAdapter
 from pgvt_jax.models.paab import PAAB
 from pgvt_jax.models.paat import PAATHead
@@ -206,7 +207,8 @@ class PoseVideoTransformer(nn.Module):
     conv1 = (clip_vit.clip_conv1(clip, dtype)
              if s.pose and m.pose_format == "heatmap_rgb" else None)
     if s.video:
-      frames = batch["frames"].astype(dtype)                         # (B, T_l, S, S, 3)
+      # uint8 pixels normalised here, on the device (float frames: already normalised).
+      frames = pixels.model_frames(batch["frames"], *m.pixel_stats, dtype).astype(dtype)
       b, t = frames.shape[:2]
       z = clip_vit.patch_embed_and_pos(self, clip, frames.reshape((b * t,) + frames.shape[2:]),
                                        dtype, conv=conv1)
@@ -290,8 +292,8 @@ def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
   s, size = m.streams, m.clip.image_size
   f32 = lambda *shape: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
   spec = {}
-  if s.video:
-    spec["frames"] = f32(m.video_frames, size, size, 3)
+  if s.video:  # uint8 pixels, as the data pipeline sends them
+    spec["frames"] = jax.ShapeDtypeStruct((batch_size, m.video_frames, size, size, 3), jnp.uint8)
   if s.pose and m.pose_format == "coords":
     spec["pose"] = f32(m.pose_frames, m.num_joints, 2)
     spec["pose_mask"] = f32(m.pose_frames, m.num_joints)

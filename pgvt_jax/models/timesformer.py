@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import clip_vit
+from pgvt_jax.models import attention, clip_vit
 
 Array = jax.Array
 
@@ -147,8 +147,8 @@ class Attention(nn.Module):
     # torch: reshape(B, N, 3, H, hd): q | k | v blocks of the 3D output, heads inside each.
     qkv = qkv.reshape((-1, length, 3, self.heads, hd))
     impl = clip_vit.resolve_attention_impl(self.attention_impl, qkv.dtype, hd)
-    y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias,
-                                     implementation=impl)
+    y = attention.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias,
+                                        implementation=impl)
     y = dense(width, "proj")(y.reshape((-1, length, width)))
     return y.reshape((*batch, length, width))
 

@@ -4,8 +4,9 @@
     logits, out = model.apply({"params": params}, batch, train=True,
                               rngs={"dropout": k1, "drop_path": k2})
 
-Batch: frames `(B, T, S, S, 3)` normalised with TimeSformer's statistics
-(`timesformer.MEAN/STD`; `config.data.pixel_mean/std` follow the family); with PAAB (always) or
+Batch: frames `(B, T, S, S, 3)` uint8 RGB, normalised in the model with TimeSformer's statistics
+(`timesformer.MEAN/STD`, or config.model.pixel_mean/std = config.data's; float frames are taken
+as already normalised); with PAAB (always) or
 PAAT (training only) also pose `(B, T_h, J, 2)` in [0, 1) of the input and pose_mask
 `(B, T_h, J)`. Every param trains (full fine-tuning, as the paper). Param tree: the backbone's
 (official names, top level, so a `convert_timesformer` output loads by path), `head`, and the
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import common, pgvt, timesformer
+from pgvt_jax.models import common, pgvt, pixels, timesformer
 from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.models.paab import PAAB
 from pgvt_jax.models.paat import PAATHead
@@ -75,7 +76,8 @@ class TimeSformerClassifier(nn.Module):
              else jax.random.PRNGKey(0))  # Table 2 / Fig. 4 ablation draws
       maps = pgvt.video_pose_maps(m, batch, rng)
     rates = np.linspace(0.0, m.drop_path, ts.layers)
-    cls, patches = self.backbone.embed(batch["frames"])
+    cls, patches = self.backbone.embed(  # uint8 pixels normalised on the device
+        pixels.model_frames(batch["frames"], *m.pixel_stats, m.compute_dtype))
     for i in range(ts.layers):
       cls, patches = self.backbone.block(i, cls, patches, train)
       cls, patches = self.pose_aware(cls, patches, i + 1, maps, float(rates[i]), train, out)
@@ -113,7 +115,8 @@ def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
   m = ModelConfig.from_config(config)
   ts = m.timesformer
   f32 = lambda *shape: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
-  spec = {"frames": f32(ts.num_frames, ts.image_size, ts.image_size, 3)}
+  spec = {"frames": jax.ShapeDtypeStruct(  # uint8 pixels, as the data pipeline sends them
+      (batch_size, ts.num_frames, ts.image_size, ts.image_size, 3), jnp.uint8)}
   if m.pose_aware:
     spec["pose"] = f32(m.pose_frames, m.num_joints, 2)
     spec["pose_mask"] = f32(m.pose_frames, m.num_joints)
