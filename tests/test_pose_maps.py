@@ -146,7 +146,7 @@ def test_maps_on_cropped_flipped_batches_find_the_drawn_joint():
   s, patch, checked, flips = 48, 8, 0, set()
   for seed in range(12):
     ex = proc.train(record, 0, np.random.default_rng(seed))
-    pixels = ex["frames"] * data.CLIP_STD + data.CLIP_MEAN          # back to [0, 1]
+    pixels = np.asarray(ex["frames"], np.float32) / 255.0            # uint8 -> [0, 1]
     _, p3d = pm.pose_maps(ex["pose"] * s, ex["pose_mask"], image_size=s, patch_size=patch)
     p3d = np.asarray(p3d)
     flipped = None
