@@ -176,3 +176,21 @@ def test_read_places_every_leaf_on_the_current_devices(two_steps):
   with pytest.raises(checkpointing.CheckpointRestoreError, match="could not be restored"):
     checkpointing.read(ref, {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)},
                              "step": jax.ShapeDtypeStruct((), jnp.int32)})
+
+
+@pytest.mark.e2e  # starts grain worker processes (a few seconds)
+def test_seek_with_worker_processes_puts_the_iterator_where_reading_would(source):
+  def workers():
+    cfg = data.get_config()
+    cfg.update(dict(num_frames=2, pose_frames=4, image_size=8, max_persons=1,
+                    train_batch_size=2, num_threads=1, prefetch=1, seed=1, num_workers=2))
+    return data.make_train_iterator(cfg, source, process_index=0, process_count=1)
+  reference = [_key(b) for b, _ in zip(_iterator(source), range(8))]  # threads only
+  for k in (0, 3, 4):
+    read = workers()
+    for _ in range(k):
+      next(read)
+    assert data.position(read.get_state()) == k
+    sought = workers()
+    data.seek(sought, k)
+    assert [_key(next(sought)) for _ in range(3)] == reference[k:k + 3]
