@@ -98,7 +98,9 @@ class CheckpointRestoreError(RuntimeError):
 def restore_cause(e: BaseException) -> str:
   """The cause of a failed restore of intact bytes, with the likely reason."""
   text = f"{type(e).__name__}: {str(e)[:600]}"
-  if "structure" in text.lower() or "shape" in text.lower() or "not found" in text.lower():
+  if isinstance(e, OSError):
+    hint = "a storage problem (is every host reading the same workdir? is it reachable?)"
+  elif "structure" in text.lower() or "shape" in text.lower():
     hint = ("the checkpoint holds another model/optimizer tree than this config builds (a "
             "changed model or optimizer field, or a workdir of another run)")
   else:

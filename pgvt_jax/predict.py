@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pgvt_jax import checkpointing, data, evaluation, optim, paths, skeletons, steps
+from pgvt_jax import checkpointing, data, evaluation, paths, skeletons, steps
 from pgvt_jax.models import common, pgvt
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")

@@ -186,9 +186,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
                                   step=restore_step)
     exp.check_backbone(meta)
     state = restored
-    _resume_data_position(ckpt, train_iter, meta, int(jax.device_get(state["step"])),
-                          cfg.data.train_batch_size)
-    logging.info("Resuming from step %d in %s", int(jax.device_get(state["step"])), workdir)
+    resumed_at = int(jax.device_get(state["step"]))
+    _resume_data_position(ckpt, train_iter, meta, resumed_at, cfg.data.train_batch_size)
+    logging.info("Resuming from step %d in %s", resumed_at, workdir)
   elif restore_step:
     raise FileNotFoundError(f"config.restore_step={restore_step} but {workdir} holds no "
                             "checkpoint")

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from pgvt_jax import checkpointing, data, init_from
-from tests.test_device_prefetch import _iterator, _key, _records  # one tiny pipeline
 from pgvt_jax import skeletons
+from tests.test_device_prefetch import _iterator, _key, _records  # one tiny pipeline
+from tests.test_reliability import _damage, _state, two_steps  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +52,6 @@ def test_seek_refuses_an_unknown_state_and_a_negative_position(source):
 
 
 # ----------------------------------------------------------------------------- quarantine
-def _state(value: float, step: int) -> dict:
-  return {"params": {"w": jnp.full((8, 8), value, jnp.float32)}, "step": jnp.int32(step)}
-
-
-@pytest.fixture
-def two_steps(tmp_path):
-  ckpt = checkpointing.Checkpointer(tmp_path, keep=3, async_save=False)
-  for step in (1, 2):
-    ckpt.save(step, _state(float(step), step), None, {"step": step}, force=True)
-  ckpt.close()
-  return tmp_path
-
-
 def _listing(root):
   return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root)
                 for f in fs)
@@ -71,7 +59,7 @@ def _listing(root):
 
 def test_an_intact_step_that_does_not_fit_is_an_error_and_nothing_moves(two_steps):
   before = _listing(two_steps)
-  wrong = {"params": {"w": jnp.zeros((8, 8)), "extra": jnp.zeros(3)}, "step": jnp.int32(0)}
+  wrong = {**_state(0.0, 0), "extra": jnp.zeros(3)}  # a tree this checkpoint does not hold
   ckpt = checkpointing.Checkpointer(two_steps, keep=3, async_save=False)
   with pytest.raises(checkpointing.CheckpointRestoreError, match="intact.*Nothing was moved"):
     ckpt.restore(jax.eval_shape(lambda: wrong), None)
@@ -85,18 +73,15 @@ def test_a_transient_storage_error_moves_nothing(two_steps, monkeypatch):
   def flaky(*a, **k):
     raise OSError("connection reset by peer")
   monkeypatch.setattr(ckpt.latest, "restore", flaky)
-  with pytest.raises(checkpointing.CheckpointRestoreError, match="connection reset"):
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match="connection reset.*storage problem"):
     ckpt.restore(jax.eval_shape(lambda: _state(0.0, 0)), None)
   ckpt.close()
   assert sorted(int(p.name) for p in (two_steps / "checkpoints").iterdir()) == [1, 2]
 
 
 def _flip(step_dir):
-  files = sorted((p for p in (step_dir / "state").rglob("*") if p.is_file()),
-                 key=lambda p: p.stat().st_size)
-  b = bytearray(files[-1].read_bytes())
-  b[len(b) // 2] ^= 0xFF
-  files[-1].write_bytes(bytes(b))
+  _damage(step_dir, "flip")
 
 
 def test_only_the_damaged_step_is_moved(two_steps):
@@ -153,7 +138,7 @@ def test_a_save_killed_mid_write_is_not_a_step(two_steps, monkeypatch):
   with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
     init_from.read_trained(str(empty), "pose")
   params, meta = init_from.read_trained(str(two_steps), "pose")
-  np.testing.assert_array_equal(params["w"], np.full((8, 8), 2.0, np.float32))
+  np.testing.assert_array_equal(params["w"], np.full((64, 64), 2.0, np.float32))
 
 
 def test_readers_accept_relative_paths_and_never_move_anything(two_steps, monkeypatch):
@@ -161,7 +146,7 @@ def test_readers_accept_relative_paths_and_never_move_anything(two_steps, monkey
   monkeypatch.chdir(two_steps.parent)
   params, meta, step = checkpointing.restore_params(two_steps.name, which="latest")
   assert step == 1 and meta == {"step": 1}
-  np.testing.assert_array_equal(params["w"], np.ones((8, 8), np.float32))
+  np.testing.assert_array_equal(params["w"], np.ones((64, 64), np.float32))
   assert (two_steps / "checkpoints" / "2").is_dir()  # skipped, not quarantined
   assert not (two_steps / checkpointing.CORRUPT_DIR).exists()
   with pytest.raises(FileNotFoundError, match="no checkpoint at step 5"):
@@ -174,8 +159,8 @@ def test_read_places_every_leaf_on_the_current_devices(two_steps):
   assert state["params"]["w"].sharding.is_fully_replicated
   assert int(state["step"]) == 2
   with pytest.raises(checkpointing.CheckpointRestoreError, match="could not be restored"):
-    checkpointing.read(ref, {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)},
-                             "step": jax.ShapeDtypeStruct((), jnp.int32)})
+    checkpointing.read(ref, {**jax.eval_shape(lambda: _state(0.0, 0)),
+                             "params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}})
 
 
 @pytest.mark.e2e  # starts grain worker processes (a few seconds)
