@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import diving48
-from pgvt_jax import optim, steps
+from pgvt_jax import fitting, optim, steps
 from pgvt_jax.models import attention as attention_lib
 from pgvt_jax.models import common, pgvt
 
@@ -56,7 +56,7 @@ def _step_and_args(config, batch: int, frames_dtype: str, device):
   sharding = jax.sharding.SingleDeviceSharding(device)
   place = lambda t: jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), t)
-  fn = jax.jit(steps.make_train_step(model, tx, config, schedule), donate_argnums=(0,))
+  fn = jax.jit(steps.make_train_step(model, tx, fitting.fixed(config), schedule), donate_argnums=(0,))
   return fn, (place(state), place(frozen), place(spec))
 
 

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import config_files, hardware, optim, partitioning, steps
+from pgvt_jax import config_files, fitting, hardware, optim, partitioning, steps
 from pgvt_jax.models import common, pgvt
 from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
@@ -204,7 +204,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     host = synthetic_batch(config.model, batch, config.model.num_classes)
     # A copy: the step donates its state, and inference below still reads `trainable`.
     state = steps.init_state(jax.tree.map(jnp.copy, trainable), tx, 0)
-    fn = steps.make_train_step(model, tx, config, schedule)
+    fn = steps.make_train_step(model, tx, fitting.fixed(config), schedule)
     glob = jax.device_put(host, batch_sh)
     model_flops = 2 * flops_lib.count_macs(fn, state, frozen, glob)["total"]
     jitted = jax.jit(fn, donate_argnums=(0,))
@@ -258,7 +258,7 @@ def jaxpr_flops(config, batch: int, mode: str) -> dict[str, float]:
     state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
     spec = {**pgvt.input_spec(config.model, batch),
             "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
-    fn = steps.make_train_step(model, tx, config, optim.make_schedule(config.optim, 1000, 100))
+    fn = steps.make_train_step(model, tx, fitting.fixed(config), optim.make_schedule(config.optim, 1000, 100))
     out["train"] = 2 * flops_lib.count_macs(fn, state, frozen, spec)["total"]
   if mode in ("inference", "both"):
     views = config.data.eval_clips * config.data.eval_crops

@@ -21,8 +21,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from pgvt_jax import (accelerators, checkpointing, data, init_from, metric_writer, optim,
-                      partitioning, paths, step_builder, steps)
+from pgvt_jax import (accelerators, checkpointing, data, fitting, init_from, metric_writer,
+                      optim, partitioning, paths, planner, step_builder, steps)
 from pgvt_jax.models import common, factory
 
 
@@ -94,6 +94,51 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
   return params, {"backbone": paths.as_str(directory), "backbone_sha256": sha}
 
 
+def build_steps(config: ml_collections.ConfigDict, mesh, *, train: bool, total_steps: int,
+                steps_per_epoch: int) -> tuple[step_builder.Built, Optional[Callable],
+                                               Optional[dict]]:
+  """(built, train step, fit): the steps for `mesh`, with remat/micro-batches "auto" decided.
+
+  With an "auto" setting and `train`, `planner.Planner.fit` compiles the train step for the
+  mesh's own devices, cheapest setting first, and the trainer runs the compiled program it
+  chose (no second compile). Every process decides; process 0's choice is the one taken (the
+  compiles are deterministic, so they agree; if not, the agreed setting is compiled here).
+  `fit` says what was chosen and tried (None: nothing was "auto"). Without training (evaluate)
+  "auto" means none / 1: a forward pass keeps nothing for a backward pass.
+  """
+  kwargs = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  if not (train and fitting.needs_fit(config)):
+    built = step_builder.build(fitting.fixed(config, micro=None if train else 1), mesh,
+                               train=train, **kwargs)
+    return built, built.train_step, None
+  plan = planner.Planner(config, planner.target("local", devices=list(mesh.devices.flat)),
+                         mesh=mesh, keep_compiled=True, **kwargs)
+  report = plan.fit()
+  choice = (report.remat, report.micro_batches)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    remats = list(fitting.AUTO_REMATS) + [report.remat]  # an explicit policy: the same everywhere
+    agreed = multihost_utils.broadcast_one_to_all(
+        np.array([remats.index(report.remat), report.micro_batches]))
+    choice = (remats[int(agreed[0])], int(agreed[1]))
+    if choice != (report.remat, report.micro_batches):
+      logging.warning("process 0 chose remat=%s micro_batches=%d; this process had chosen "
+                      "remat=%s micro_batches=%d: taking process 0's", *choice, report.remat,
+                      report.micro_batches)
+      report = plan.report("train", None, *choice)
+  compiled = report.compiled
+  if compiled is None:  # process 0's choice did not fit here (or was not kept): jit it
+    compiled = plan.build(None, choice[0], "train", choice[1]).train_step
+  fit = {"remat": choice[0], "micro_batches": choice[1],
+         "per_device_bytes": report.total_bytes, "limit_bytes": report.limit_bytes,
+         "tried": [f"remat={r} micro_batches={k}: {'fits' if ok else 'does not fit'}"
+                   for r, k, ok in (report.probes or [])]}
+  logging.info("Fits: remat=%s, %d micro-batch(es) per step (%.2f of %.2f GiB per device; "
+               "tried %s)", choice[0], choice[1], report.total_bytes / 2 ** 30,
+               report.limit_bytes / 2 ** 30, "; ".join(fit["tried"]))
+  return report.built or plan.build(None, choice[0], "train", choice[1]), compiled, fit
+
+
 def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                      train: bool) -> Experiment:
   # Derived fields are filled into a copy: the caller's config stays as given, so running
@@ -128,9 +173,11 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLi
 
   # ---------------------------------------------------------------- model, optimizer, steps
   # Shapes, shardings and the jitted steps, decided from the mesh alone (step_builder): the
-  # planner compiles exactly these for devices it does not have.
-  built = step_builder.build(config, mesh, train=train, total_steps=total,
-                             steps_per_epoch=steps_per_epoch)
+  # planner compiles exactly these for devices it does not have. Remat / micro-batches
+  # "auto": the cheapest setting whose train step fits these devices (fitting.py); the
+  # trainer then runs the very program that was measured.
+  built, train_step, fit = build_steps(config, mesh, train=train, total_steps=total,
+                                       steps_per_epoch=steps_per_epoch)
   model = built.model
 
   # ---------------------------------------------------------------- shard & transfer
@@ -150,12 +197,12 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLi
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
                                     best_metric=config.best_metric,
                                     async_save=config.async_checkpoints)
-  meta = {**meta, "steps_per_epoch": steps_per_epoch, "total_steps": total}
+  meta = {**meta, "steps_per_epoch": steps_per_epoch, "total_steps": total, "fit": fit}
   logging.info("Training for %d steps (%d per epoch)", total, steps_per_epoch)
   return Experiment(config=config, workdir=workdir, mesh=mesh, batch_sharding=built.batch_sharding,
                     writer=writer, checkpointer=ckpt, model=model, eval_source=eval_source,
                     train_iter=train_iter, frozen=frozen, state=state,
-                    train_step=built.train_step, eval_step=built.eval_step, total_steps=total,
+                    train_step=train_step, eval_step=built.eval_step, total_steps=total,
                     meta=meta)
 
 

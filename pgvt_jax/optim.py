@@ -28,7 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.warmup_ratio = 0.1     # warmup starts at warmup_ratio * lr (mmcv's linear warmup default)
   c.final_lr_ratio = 0.0   # cosine decays to lr * final_lr_ratio
   c.grad_clip_norm = 0.0   # 0 disables global-norm clipping
-  c.grad_accum_steps = 1   # > 1 wraps the optimizer in optax.MultiSteps
+  c.grad_accum_steps = 1   # > 1 wraps the optimizer in optax.MultiSteps: an update every k
+                           # steps (a k x larger effective batch; steps count data batches)
+  # Memory, not recipe: each step's batch in k passes, gradients averaged, one update
+  # (steps.accumulate_gradients). "auto": the fewest passes that fit the devices, decided at
+  # each start with config.model.remat "auto" (pgvt_jax/fitting.py). An int or "auto".
+  c.micro_batches = ml_collections.FieldReference("auto", field_type=object)
   c.label_smoothing = 0.0
   # Params whose path contains one of these names are not weight-decayed; everything else
   # (adapter and head biases, temporal embeddings, R-Adapter) is. AIM's `paramwise_cfg`

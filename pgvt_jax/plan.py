@@ -72,8 +72,15 @@ def format_plan(p: dict) -> str:
       + (f"{bw / 1e9:.0f} GB/s" if bw else "? (--hbm_gbps)"),
       f"   shardings: batch {sh['batch']}; params {sh['params']}; state {sh['state']}"]
   lines += [f"   note: {n}" for n in p.get("notes", [])]
+  if p.get("fit"):
+    tried = ", ".join(f"{r}/{k}{'' if ok else 'x'}" for r, k, ok in p["fit"]["probes"])
+    lines.append(f"   recipe fits with remat={p['fit']['remat']}, "
+                 f"{p['fit']['micro_batches']} micro-batch(es) per step (tried remat/k: {tried}; "
+                 "x = does not fit)")
+  if p.get("fit_error"):
+    lines.append(f"   DOES NOT FIT: {p['fit_error']}")
   lines.append("   bytes and FLOPs per device; extra = staged batches (+ train state during eval)")
-  lines.append(f"   {'step':5s} {'batch':>6s} {'remat':9s} {'fits':4s} {'args':>6s} "
+  lines.append(f"   {'step':5s} {'batch':>6s} {'remat':9s} {'k':>3s} {'fits':4s} {'args':>6s} "
                f"{'out':>6s} {'alias':>6s} {'temp':>6s} {'extra':>6s} {'total':>7s} "
                f"{'GFLOP/dev':>10s} {'GB/dev':>8s} {'step >=':>10s} {'clips/s <=':>10s} "
                f"{'compile':>8s}")
@@ -82,7 +89,8 @@ def format_plan(p: dict) -> str:
     bound = f"{r['roofline_s'] * 1e3:8.2f}ms" if r["roofline_s"] else f"{'-':>10s}"
     rate = f"{r['clips_per_s']:10.1f}" if r["clips_per_s"] else f"{'-':>10s}"
     lines.append(
-        f"   {key:5s} {r['global_batch']:6d} {r['remat']:9s} {'yes' if r['fits'] else 'NO':4s} "
+        f"   {key:5s} {r['global_batch']:6d} {r['remat']:9s} {r['micro_batches']:3d} "
+        f"{'yes' if r['fits'] else 'NO':4s} "
         f"{_gib(r['argument_bytes']):>6s} {_gib(r['output_bytes']):>6s} "
         f"{_gib(r['alias_bytes']):>6s} {_gib(r['temp_bytes']):>6s} {_gib(r['extra_bytes']):>6s} "
         f"{_gib(r['total_bytes']):>7s} {r['flops'] / 1e9:10.1f} "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -40,7 +41,7 @@ import ml_collections
 from absl import logging
 import numpy as np
 
-from pgvt_jax import hardware, partitioning, step_builder
+from pgvt_jax import fitting, hardware, partitioning, step_builder
 
 REMATS = ("none", "full", "save_dots")
 # Cloud TPU accelerator names -> (jax topology name, get_topology_desc kwargs). v4 and v5p
@@ -161,6 +162,7 @@ class StepReport:
   step: str                  # "train" | "eval"
   global_batch: int          # clips (train) / views (eval) per step, all devices
   remat: str
+  micro_batches: int = 1     # the train step's batch split into this many passes
   compile_s: float = 0.0
   argument_bytes: int = 0
   output_bytes: int = 0
@@ -176,6 +178,10 @@ class StepReport:
   clips_per_s: Optional[float] = None
   bound: Optional[str] = None  # "compute" | "memory"
   error: Optional[str] = None  # XLA's RESOURCE_EXHAUSTED line when it refused the program
+  probes: Optional[list] = None  # Planner.fit: the (remat, k, fits) it tried
+  # Planner(keep_compiled=True), fitting train steps only; never reported.
+  compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
+  built: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def fits(self) -> bool:
@@ -183,7 +189,9 @@ class StepReport:
     return self.error is None and 0 < self.total_bytes <= self.limit_bytes
 
   def as_dict(self) -> dict:
-    return {**dataclasses.asdict(self), "fits": self.fits}
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+           if f.name not in ("compiled", "built")}
+    return {**out, "fits": self.fits}
 
 
 def device_bytes(tree: Any) -> int:
@@ -221,10 +229,22 @@ def _cost(compiled) -> tuple[float, float]:
 
 
 class Planner:
-  """Compiles a config's steps for one target; every (step, batch, remat) compiles once."""
+  """Compiles a config's steps for one target; every (step, batch, remat, k) compiles once.
 
-  def __init__(self, config: ml_collections.ConfigDict, tgt: Target):
+  `mesh`: the trainer's own mesh (its devices must be the target's); default: one made from
+  `config.mesh` over the target's devices. `total_steps`/`steps_per_epoch` set the schedule
+  compiled into the train step (shapes do not depend on them). `keep_compiled`: reports of
+  fitting train steps keep the executable and the `Built` it came from, so the trainer runs
+  the program it measured instead of compiling it again.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, tgt: Target, *,
+               mesh: Optional[jax.sharding.Mesh] = None, total_steps: int = 1000,
+               steps_per_epoch: int = 100, keep_compiled: bool = False):
     self.target = tgt
+    self.mesh = mesh
+    self.schedule_steps = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    self.keep_compiled = keep_compiled
     self.notes: list[str] = []
     # Batches are split over every device: a config batch that does not divide is planned at
     # the next multiple (and said so), rather than refused, so one config serves all targets.
@@ -236,7 +256,11 @@ class Planner:
         self.notes.append(f"config.data.{field}={b} is not a multiple of the {self.unit} "
                           f"devices: planned at {self.config.data[field]}")
     self._cache: dict[tuple, StepReport] = {}
-    self.built = self.build()  # the config as given: shardings, dtype (checked by tests)
+
+  @functools.cached_property
+  def built(self) -> step_builder.Built:
+    """The config as given ("auto" as none / 1): shardings, dtype, for the plan's header."""
+    return self.build()
 
   @property
   def unit(self) -> int:
@@ -244,29 +268,30 @@ class Planner:
     return len(self.target.devices)
 
   def build(self, batch: Optional[int] = None, remat: Optional[str] = None,
-            step: str = "train") -> step_builder.Built:
-    cfg = copy.deepcopy(self.config)
+            step: str = "train", micro: Optional[int] = None) -> step_builder.Built:
+    cfg = fitting.fixed(self.config, remat, micro)
     if batch is not None:
       cfg.data["train_batch_size" if step == "train" else "eval_batch_size"] = batch
-    if remat is not None:
-      cfg.model.remat = remat
-    mesh = partitioning.make_mesh(cfg.mesh, self.target.devices)
-    # The schedule's length changes no shape: any will do.
-    return step_builder.build(cfg, mesh, train=True, total_steps=1000, steps_per_epoch=100)
+    mesh = self.mesh or partitioning.make_mesh(cfg.mesh, self.target.devices)
+    return step_builder.build(cfg, mesh, train=True, **self.schedule_steps)
 
   def report(self, step: str = "train", batch: Optional[int] = None,
-             remat: Optional[str] = None) -> StepReport:
-    """The compiled `step` at global `batch` (default: the config's) with `remat`."""
+             remat: Optional[str] = None, micro: Optional[int] = None) -> StepReport:
+    """The compiled `step` at global `batch` (default: the config's) with `remat` and `micro`
+    batches (default: the config's; an undecided "auto" as none / 1)."""
     data_cfg = self.config.data
     batch = batch or (data_cfg.train_batch_size if step == "train" else data_cfg.eval_batch_size)
-    remat = remat or str(self.config.model.remat)
-    key = (step, batch, remat)
+    fixed = fitting.fixed(self.config, remat, micro)
+    remat, micro = fixed.model.remat, fixed.optim.micro_batches
+    if step == "eval":
+      micro = 1  # the eval step is never split
+    key = (step, batch, remat, micro)
     if key not in self._cache:
-      self._cache[key] = self._compile(step, batch, remat)
+      self._cache[key] = self._compile(step, batch, remat, micro)
     return self._cache[key]
 
-  def _compile(self, step: str, batch: int, remat: str) -> StepReport:
-    built = self.build(batch, remat, step)
+  def _compile(self, step: str, batch: int, remat: str, micro: int) -> StepReport:
+    built = self.build(batch, remat, step, micro)
     prefetch = int(built.config.data.get("device_prefetch", 0)) * device_bytes(built.train_batch)
     if step == "train":
       lowered = built.train_step.lower(built.abstract_state, built.abstract_frozen,
@@ -278,10 +303,10 @@ class Planner:
       # Evaluating during training: the rest of the train state and the staged batches stay.
       rest = {k: v for k, v in built.abstract_state.items() if k != "params"}
       extra = device_bytes(rest) + prefetch
-    report = StepReport(step, batch, remat, extra_bytes=extra,
+    report = StepReport(step, batch, remat, micro_batches=micro, extra_bytes=extra,
                         limit_bytes=self.target.limit_bytes)
-    logging.info("compiling the %s step for %s: global batch %d, remat %s", step,
-                 self.target.name, batch, remat)
+    logging.info("compiling the %s step for %s: global batch %d, remat %s, %d micro-batch(es)",
+                 step, self.target.name, batch, remat, micro)
     t = time.perf_counter()
     try:
       compiled = lowered.compile()
@@ -304,7 +329,11 @@ class Planner:
     report.total_bytes = (report.argument_bytes + report.output_bytes - report.alias_bytes
                           + report.temp_bytes + report.code_bytes + extra)
     report.flops, report.bytes_accessed = _cost(compiled)
+    if micro > 1:  # XLA's cost analysis counts a loop body once; the step runs it k times
+      report.flops, report.bytes_accessed = report.flops * micro, report.bytes_accessed * micro
     self._roofline(report, str(built.config.model.dtype))
+    if self.keep_compiled and step == "train" and report.fits:
+      report.compiled, report.built = compiled, built
     return report
 
   def _roofline(self, report: StepReport, dtype: str) -> None:
@@ -316,77 +345,68 @@ class Planner:
     report.bound = "compute" if compute >= memory else "memory"
     report.clips_per_s = report.global_batch / report.roofline_s
 
-  def max_batch(self, remat: str, *, max_compiles: int = 4, limit: int = 1 << 16) -> dict:
+  def fit(self) -> StepReport:
+    """The train step at the config's batch with its "auto" remat/micro-batches decided
+    (fitting.choose's order). Raises fitting.DoesNotFit (with `.probes`) when nothing fits."""
+    batch = int(self.config.data.train_batch_size)
+    fits = lambda r, k: self.report("train", batch, r, k).fits
+
+    def overshoot(r, k):  # memory needed / the limit, from XLA's refusal or the analysis
+      rep = self.report("train", batch, r, k)
+      return rep.total_bytes / rep.limit_bytes if rep.total_bytes else None
+
+    choice, probes = fitting.choose(fits, self.config.model.remat,
+                                    self.config.optim.get("micro_batches", 1),
+                                    batch // self.unit, overshoot=overshoot)
+    if choice is None:
+      last = self.report("train", batch, *probes[-1][:2])
+      detail = (f"; the last needs {last.total_bytes / 2 ** 30:.2f} GiB of "
+                f"{last.limit_bytes / 2 ** 30:.2f} per device" if last.total_bytes else "")
+      err = fitting.DoesNotFit(fitting.does_not_fit_message(
+          f"{self.target.name} ({self.target.device_kind})", batch, self.unit, probes, detail))
+      err.probes = probes
+      raise err
+    report = self.report("train", batch, *choice)
+    report.probes = list(probes)
+    return report
+
+  def max_batch(self, remat: str, *, max_compiles: int = 4, limit: int = 1 << 16,
+                micro: int = 1) -> dict:
     """Largest fitting global train batch (a multiple of the device count) with `remat`."""
-    fits = lambda b: self.report("train", b, remat).fits
+    fits = lambda b: self.report("train", b, remat, micro).fits
     start = self.config.data.train_batch_size
-    found = search_max_batch(fits, self.unit, start=start, max_probes=max_compiles, limit=limit)
-    return {"remat": remat, **found}
+    found = fitting.search_max_batch(fits, self.unit, start=start, max_probes=max_compiles,
+                                     limit=limit)
+    return {"remat": remat, "micro_batches": micro, **found}
 
   def plan(self, remats: Sequence[str] = REMATS, search: bool = True,
            max_compiles: int = 4, max_batch: int = 1 << 16) -> dict:
-    """Everything the CLI prints: target, choice, shardings, train/eval reports, searches."""
+    """Everything the CLI prints: target, choice, shardings, train/eval reports, searches.
+
+    "train" is the step as the trainer would run it: with an "auto" remat or micro-batch
+    setting, the fitting choice ("fit": what was tried), or, when nothing fits, the last
+    setting tried ("fit_error" says so)."""
     out = {"target": describe_target(self.target, self.built), "model": describe_model(
         self.config, self.built), "shardings": describe_shardings(self.built),
-           "notes": list(self.notes),
-           "train": self.report("train").as_dict(),
-           "eval": self.report("eval").as_dict(), "max_batch": []}
+           "notes": list(self.notes), "fit": None, "fit_error": None}
+    train = None
+    if fitting.needs_fit(self.config):
+      try:
+        train = self.fit()
+        out["fit"] = {"remat": train.remat, "micro_batches": train.micro_batches,
+                      "probes": train.probes}
+      except fitting.DoesNotFit as e:
+        out["fit_error"] = str(e)
+        train = self.report("train", None, *e.probes[-1][:2])
+    out["train"] = (train or self.report("train")).as_dict()
+    out["eval"] = self.report("eval").as_dict()
+    out["max_batch"] = []
     if search:
       out["max_batch"] = [self.max_batch(r, max_compiles=max_compiles, limit=max_batch)
                           for r in remats]
     out["compiles"] = len(self._cache)
     out["compile_s"] = sum(r.compile_s for r in self._cache.values())
     return out
-
-
-def search_max_batch(fits: Callable[[int], bool], unit: int, *, start: int = 0,
-                     max_probes: int = 8, limit: int = 1 << 16) -> dict:
-  """The largest multiple of `unit` (<= `limit`) for which `fits` holds, `fits` monotone.
-
-  Doubles up from `start` (rounded to a multiple of `unit`) while it fits, halves down while
-  it does not, then bisects; at most `max_probes` calls. Returns {"max_batch": largest known
-  to fit (0: none), "first_failing": smallest known not to (None: none found below `limit`),
-  "exact": whether they are adjacent multiples, "probes": [(batch, fits), ...]}.
-  """
-  probes: list[tuple[int, bool]] = []
-
-  def probe(b: int) -> bool:
-    ok = bool(fits(b))
-    probes.append((b, ok))
-    return ok
-
-  lo, hi = 0, None  # largest known fitting, smallest known failing
-  b = min(max(unit, start // unit * unit), limit // unit * unit)
-  if b < unit:
-    return {"max_batch": 0, "first_failing": None, "exact": True, "probes": probes}
-  if probe(b):
-    lo = b
-    while len(probes) < max_probes and b * 2 <= limit:
-      b *= 2
-      if probe(b):
-        lo = b
-      else:
-        hi = b
-        break
-  else:
-    hi = b
-    while len(probes) < max_probes and b > unit:
-      b = max(unit, b // 2 // unit * unit)
-      if probe(b):
-        lo = b
-        break
-      hi = b
-  top = hi if hi is not None else (limit // unit + 1) * unit
-  while len(probes) < max_probes and top - lo > unit and (hi is not None or lo < limit):
-    mid = (lo + top) // 2 // unit * unit
-    if mid <= lo:
-      break
-    if probe(mid):
-      lo = mid
-    else:
-      hi = top = mid
-  exact = (hi is not None and hi - lo <= unit) or (hi is None and lo + unit > limit)
-  return {"max_batch": lo, "first_failing": hi, "exact": bool(exact), "probes": probes}
 
 
 # ------------------------------------------------------------------------------- describing

@@ -10,10 +10,11 @@ carries the sharding the step expects. So the same function serves the trainer
 (`experiment.setup_experiment` fills the abstract state with real arrays) and the planner
 (`pgvt_jax.plan` lowers it for compile-only TPU devices on a CPU host).
 
-"auto" settings are decided for the MESH's devices (`accelerators.choose(mesh.devices)`) and
-written into the model's config before the model exists: the model never consults the host
-backend at trace time, so a TPU program compiled on a CPU host gets bfloat16, as it would on
-the TPU.
+dtype/attention "auto" are decided for the MESH's devices (`accelerators.choose(mesh.devices)`)
+and written into the model's config before the model exists: the model never consults the
+host backend at trace time, so a TPU program compiled on a CPU host gets bfloat16, as it would
+on the TPU. Remat and micro-batches "auto" need compiles: `planner.Planner.fit` decides them
+first (pgvt_jax/fitting.py) and builds through here with the values it chose.
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ def resolve_model_config(model_cfg: ml_collections.ConfigDict,
   return out, choice
 
 
+def check_micro_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """k micro-batches must give every device the same whole number of clips."""
+  k = steps.micro_batches_of(config)  # also refuses an undecided "auto"
+  per_device = config.data.train_batch_size // mesh.devices.size
+  if per_device % k:
+    raise ValueError(
+        f"config.optim.micro_batches={k} does not divide the {per_device} clips per device "
+        f"(config.data.train_batch_size={config.data.train_batch_size} over "
+        f"{mesh.devices.size} devices); use a divisor of {per_device} or \"auto\"")
+
+
 def with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of `tree`'s leaves carrying the matching sharding."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -97,6 +109,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, train: bool = True,
   factory.configure_data(config)  # num_joints (the batch's J); pixel statistics
   for field in ("train_batch_size", "eval_batch_size"):
     partitioning.check_batch_divisible(config.data[field], mesh, f"config.data.{field}")
+  if train:
+    check_micro_batches(config, mesh)
   config.model, choice = resolve_model_config(config.model, mesh.devices.flat)
 
   # ---------------------------------------------------------------- model & optimizer
@@ -124,7 +138,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, train: bool = True,
   repl = partitioning.replicated(mesh)
   train_step = None
   if train:
-    train_step = jax.jit(steps.make_train_step(model, tx, config, schedule),
+    train_step = jax.jit(steps.make_train_step(model, tx, config, schedule, batch_sh),
                          in_shardings=(state_sh, frozen_sh, batch_sh),
                          out_shardings=(state_sh, repl), donate_argnums=(0,))
   predict = steps.make_eval_step(model)

@@ -202,7 +202,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
   if jax.process_index() == 0:
     # config.json holds the derived fields too (records dir, pixel statistics): predict,
     # retrieval and init_from rebuild the run from it.
-    workdir_lib.record_config(workdir, cfg, mode="train", start_step=start, changed=changed)
+    workdir_lib.record_config(workdir, cfg, mode="train", start_step=start, changed=changed,
+                              fit=exp.meta.get("fit"))
   total = exp.total_steps
   if start >= total:
     logging.info("Already trained %d/%d steps; evaluating.", start, total)

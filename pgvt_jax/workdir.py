@@ -44,11 +44,13 @@ CONFIG_FILE = "config.json"
 SHAPE_FIELDS = ("model.", "freeze_backbone", "clip_dir", "optim.optimizer", "optim.momentum",
                 "optim.nesterov", "optim.grad_accum_steps", "data.num_joints",
                 "data.num_frames", "data.pose_frames")
-# Bookkeeping that does not change what is trained: free to change on resume.
+# Bookkeeping that does not change what is trained: free to change on resume. (remat and
+# micro-batches change how a step holds its batch in memory, not the recipe: "auto" decides
+# them again on every start, for the devices of that start.)
 FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                "async_checkpoints", "restore_step", "allow_config_changes", "best_metric",
                "mesh.", "data.num_threads", "data.prefetch", "data.device_prefetch",
-               "data.eval_batch_size",
+               "data.eval_batch_size", "model.remat", "optim.micro_batches",
                "data.builder_dir", "synthetic_data.data_dir")
 
 
@@ -80,6 +82,10 @@ def validate_config(config: ml_collections.ConfigDict, *, train: bool = True) ->
     need(config.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
     need(config.get("restore_step", 0) >= 0, "restore_step", ">= 0 (0 = the latest)")
     need(config.optim.get("grad_accum_steps", 1) >= 1, "optim.grad_accum_steps", ">= 1")
+    k = config.optim.get("micro_batches", 1)
+    need(k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)
+         or (isinstance(k, str) and k.isdigit() and int(k) >= 1),
+         "optim.micro_batches", '"auto" or an integer >= 1')
 
 
 def _get(config, dotted: str):
@@ -258,12 +264,16 @@ def check_resume(config: ml_collections.ConfigDict, meta: dict, step: int,
 
 
 def record_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
-                  mode: str, start_step: Optional[int], changed: list[str]) -> None:
-  """Appends this run to config_history.jsonl; training runs also refresh config.json."""
+                  mode: str, start_step: Optional[int], changed: list[str],
+                  fit: Optional[dict] = None) -> None:
+  """Appends this run to config_history.jsonl; training runs also refresh config.json.
+
+  `fit`: what remat / micro-batches "auto" became on this run's devices (experiment.build_steps).
+  """
   workdir = paths.as_path(workdir)
   flat = flat_config(config)
   entry = {"time": _now(), "mode": mode, "host": socket.gethostname(), "pid": os.getpid(),
-           "start_step": start_step, "changed_on_resume": changed,
+           "start_step": start_step, "changed_on_resume": changed, "fit": fit,
            "config_sha256": fingerprint(flat), "config": flat}
   append_line(workdir / HISTORY_FILE, json.dumps(entry))
   if mode != "evaluate":

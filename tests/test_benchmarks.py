@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import train_step as bench
 from configs import diving48
-from pgvt_jax import optim, steps
+from pgvt_jax import fitting, optim, steps
 from pgvt_jax.models import common, pgvt
 from pgvt_jax.tools import flops
 
@@ -30,7 +30,7 @@ def _step_and_forward_macs(config) -> tuple[int, int]:
   state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
   batch = {**pgvt.input_spec(config.model, 1),
            "label": jax.ShapeDtypeStruct((1,), "int32")}
-  train = flops.count_macs(steps.make_train_step(model, tx, config, schedule),
+  train = flops.count_macs(steps.make_train_step(model, tx, fitting.fixed(config), schedule),
                            state, frozen, batch)["total"]
   forward = flops.count_macs(steps.make_eval_step(model), trainable, frozen, batch)["total"]
   return train, forward

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from pgvt_jax import data, optim, skeletons, steps
+from pgvt_jax import data, fitting, optim, skeletons, steps
 from pgvt_jax import train
 from pgvt_jax.models import common, pgvt
 
@@ -65,7 +65,7 @@ def test_full_size_train_step_shapes(module, arg):
   tx = optim.make_optimizer(config.optim, schedule, labels=common.param_labels)
   state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
   batch = data.batch_spec(config.data, 17)
-  new_state, metrics = jax.eval_shape(steps.make_train_step(model, tx, config, schedule),
+  new_state, metrics = jax.eval_shape(steps.make_train_step(model, tx, fitting.fixed(config), schedule),
                                       state, frozen, batch)
   assert jax.tree.map(lambda x: (x.shape, x.dtype), new_state) == jax.tree.map(
       lambda x: (x.shape, x.dtype), state)

@@ -15,7 +15,7 @@ from flax import linen as nn
 
 from benchmarks import train_step as bench
 from configs import diving48
-from pgvt_jax import accelerators, steps
+from pgvt_jax import accelerators, fitting, steps
 from pgvt_jax.models import clip_vit, common, pgvt
 from pgvt_jax.models.config import ModelConfig, auto_dtype
 from tests.test_models_variants import random_batch, random_params, tiny
@@ -59,7 +59,7 @@ def _compiled_train_step(config, batch: int = 1):
   model, _, trainable, frozen, tx, schedule = bench.setup(config, batch)
   state = steps.init_state(trainable, tx, 0)
   host = bench.synthetic_batch(config.model, batch, config.model.num_classes)
-  fn = jax.jit(steps.make_train_step(model, tx, config, schedule), donate_argnums=(0,))
+  fn = jax.jit(steps.make_train_step(model, tx, fitting.fixed(config), schedule), donate_argnums=(0,))
   return fn.lower(state, frozen, host).compile()
 
 
@@ -228,7 +228,7 @@ def test_bfloat16_train_step_keeps_float32_params_and_a_finite_loss():
   state = steps.init_state(trainable, tx, 0)
   host = bench.synthetic_batch(config.model, 2, config.model.num_classes)
   with _unoptimised():
-    step = jax.jit(steps.make_train_step(model, tx, config, schedule))
+    step = jax.jit(steps.make_train_step(model, tx, fitting.fixed(config), schedule))
     state, metrics = step(state, frozen, host)
     state, metrics = step(state, frozen, host)
   assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))

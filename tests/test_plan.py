@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo
-from pgvt_jax import accelerators, hardware, partitioning, planner, step_builder
+from pgvt_jax import accelerators, fitting, hardware, partitioning, planner, step_builder
 from pgvt_jax import plan as plan_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,7 @@ def test_search_finds_the_largest_fitting_multiple(capacity, start):
     calls.append(b)
     return b <= capacity
 
-  r = planner.search_max_batch(fits, 4, start=start, max_probes=20, limit=4096)
+  r = fitting.search_max_batch(fits, 4, start=start, max_probes=20, limit=4096)
   assert r["max_batch"] == capacity // 4 * 4
   assert r["exact"]
   assert all(b % 4 == 0 for b in calls) and len(set(calls)) == len(calls)  # no probe twice
@@ -42,7 +42,7 @@ def test_search_finds_the_largest_fitting_multiple(capacity, start):
 
 
 def test_search_is_monotone_and_bounded():
-  found = [planner.search_max_batch(lambda b, c=c: b <= c, 8, start=64, max_probes=3,
+  found = [fitting.search_max_batch(lambda b, c=c: b <= c, 8, start=64, max_probes=3,
                                     limit=1 << 12) for c in range(0, 600, 37)]
   best = [r["max_batch"] for r in found]
   assert best == sorted(best)                               # more memory never fits less
@@ -51,7 +51,7 @@ def test_search_is_monotone_and_bounded():
     assert r["max_batch"] <= c                              # never claims an unfit batch
     if r["first_failing"] is not None:
       assert r["first_failing"] > c
-  capped = planner.search_max_batch(lambda b: True, 8, start=8, max_probes=30, limit=100)
+  capped = fitting.search_max_batch(lambda b: True, 8, start=8, max_probes=30, limit=100)
   assert capped["max_batch"] == 96 and capped["first_failing"] is None and capped["exact"]
 
 
@@ -95,7 +95,7 @@ def test_benchmark_mfu_peak_uses_the_table_per_device():
 
 # ------------------------------------------------------------------------------- step building
 def _tiny():
-  c = demo.get_config()
+  c = fitting.fixed(demo.get_config())  # remat/micro-batches "auto" as none / 1
   c.data.train_batch_size, c.data.eval_batch_size = 4, 4
   return c
 
@@ -128,8 +128,8 @@ def test_auto_on_cpu_devices_is_float32():
 _SUBSET = textwrap.dedent("""
     import json, jax
     from configs import demo
-    from pgvt_jax import partitioning, step_builder
-    c = demo.get_config()
+    from pgvt_jax import fitting, partitioning, step_builder
+    c = fitting.fixed(demo.get_config())
     c.mesh.fsdp, c.mesh.fsdp_min_size = 2, 1   # shard every leaf that divides
     c.data.train_batch_size = c.data.eval_batch_size = 4
     devices = jax.devices()[1:3]               # 2 of 4: not the default devices

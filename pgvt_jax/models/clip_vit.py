@@ -302,7 +302,12 @@ def remat_block(block_cls, policy: str, static_argnums: tuple[int, ...] = ()):
                (L x L) per-head logits/probabilities, the largest activations of a ViT block,
                while the projections are the expensive FLOPs. `dots_saveable` would keep the
                attention logits too, and so save little memory.
+  "auto":      the trainer replaces it by what fits the devices before it builds a train step
+               (planner.Planner.fit); a forward pass (evaluation, predict) keeps nothing for a
+               backward pass anyway, so here it means "none".
   """
+  if policy == "auto":
+    return block_cls
   if policy not in REMAT_POLICIES:
     raise ValueError(f"config.model.remat={policy!r}; expected one of {list(REMAT_POLICIES)}")
   if policy == "none":

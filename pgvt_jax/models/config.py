@@ -112,8 +112,9 @@ class ModelConfig:
   dropout: float = 0.5              # before the linear head
   dtype: str = "auto"               # compute dtype; params stay float32. "auto": bfloat16 on
                                     # TPU and GPUs >= sm80, else float32 (auto_dtype)
-  remat: str = "none"               # per block: "none" | "full" | "save_dots"
-                                    # (clip_vit.remat_block); True/False read as full/none
+  remat: str = "auto"               # per block: "none" | "full" | "save_dots"
+                                    # (clip_vit.remat_block); True/False read as full/none;
+                                    # "auto": the trainer picks what fits (pgvt_jax/fitting.py)
   attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU >= sm80 when possible, else XLA) |
                                     # "xla" (probabilities recomputed in the backward) |
                                     # "xla_saved" (saved: more memory) | "cudnn"
@@ -161,8 +162,8 @@ class ModelConfig:
       fail("dtype", f"expected one of {list(DTYPE_CHOICES)}")
     if isinstance(self.remat, bool):  # configs written before remat policies existed
       object.__setattr__(self, "remat", "full" if self.remat else "none")
-    if self.remat not in clip_vit.REMAT_POLICIES:
-      fail("remat", f"expected one of {list(clip_vit.REMAT_POLICIES)}")
+    if self.remat not in clip_vit.REMAT_POLICIES + ("auto",):
+      fail("remat", f"expected one of {list(clip_vit.REMAT_POLICIES) + ['auto']}")
     if self.attention_impl not in clip_vit.ATTENTION_IMPLS:
       fail("attention_impl", f"expected one of {list(clip_vit.ATTENTION_IMPLS)}")
     for f in ("pixel_mean", "pixel_std"):  # ConfigDicts / JSON give lists: back to tuples
