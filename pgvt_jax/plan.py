@@ -8,7 +8,7 @@ per-device memory, fit, the largest global batch per remat policy and a roofline
         --max_batch_search=false --json=/tmp/plan.json
     python -m pgvt_jax.plan --config=configs/demo.py              # this machine's devices
 
-TPU names (pgvt_jax.planner.TOPOLOGIES): v2-8, v3-8, v4-8, v5p-8, v5e-1/4/8, v6e-1/4/8, or a raw
+TPU names (pgvt_jax.targets.TOPOLOGIES): v2-8, v3-8, v4-8, v5p-8, v5e-1/4/8, v6e-1/4/8, or a raw
 jax topology ("v5e:4x4"). Compile-only TPU devices need libtpu (`pip install "pgvt_jax[tpu]"`,
 in a virtualenv of its own: docs/planning.md); with only TPU names given this sets
 JAX_PLATFORMS=cpu (unless set), so the host side runs on the CPU of a machine without TPUs.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from pgvt_jax import fitting, planner, steps, step_builder, train, workdir
+from pgvt_jax import fitting, planner, steps, step_builder, targets, train, workdir
 from pgvt_jax import partitioning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +212,7 @@ def test_trainer_fits_by_splitting_and_decides_again_on_resume(tmp_path, monkeyp
   train.train_and_evaluate(ref_cfg, ref_wd, run_evals=False)
 
   limit = int((demo_sizes[1] + demo_sizes[2]) / 2)
-  monkeypatch.setattr(planner, "_local_limit", lambda device: limit)
+  monkeypatch.setattr(targets, "_local_limit", lambda device: limit)
   cfg, wd = _short_run(tmp_path, "split", 4)
   train.train_and_evaluate(cfg, wd, run_evals=False)          # 2 passes per step
   monkeypatch.undo()

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo
-from pgvt_jax import accelerators, fitting, hardware, partitioning, planner, step_builder
+from pgvt_jax import accelerators, fitting, hardware, partitioning, planner, step_builder, targets
 from pgvt_jax import plan as plan_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +189,8 @@ def test_plan_of_the_demo_on_cpu(demo_plan):  # pylint: disable=redefined-outer-
 def test_plan_table_names_what_matters(demo_plan):  # pylint: disable=redefined-outer-name
   text = plan_cli.format_plan(demo_plan)
   assert "on local: 1 x cpu" in text and "dtype float32" in text
-  assert "train     16 none      yes" in text and "eval      32" in text
+  assert "train     16 none        1 yes" in text and "eval      32" in text
+  assert "recipe fits with remat=none, 1 micro-batch(es)" in text
 
 
 def test_fit_needs_the_whole_total_within_the_limit():
@@ -202,14 +203,14 @@ def test_fit_needs_the_whole_total_within_the_limit():
 
 
 def test_topology_names_map_to_jax_topologies():
-  assert planner.topology_args("v3-8") == ("v3:2x2", {})
-  assert planner.topology_args("v4-8") == ("v4:2x2x1", {"chip_config_name": "megacore"})
-  assert planner.topology_args("v5e-1") == ("v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)})
-  assert planner.topology_args("v6e-8") == ("v6e:2x4", {})
-  assert planner.topology_args("v6e:1x2") == ("v6e:1x2", {"chips_per_host_bounds": (1, 2, 1)})
-  assert planner.topology_args("v4:2x2x2") == ("v4:2x2x2", {"chip_config_name": "megacore"})
-  assert planner.topology_args("v5p:2x2x2") == ("v5p:2x2x2", {})
-  assert planner.topology_args("v5e:4x4") == ("v5e:4x4", {})
+  assert targets.topology_args("v3-8") == ("v3:2x2", {})
+  assert targets.topology_args("v4-8") == ("v4:2x2x1", {"chip_config_name": "megacore"})
+  assert targets.topology_args("v5e-1") == ("v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)})
+  assert targets.topology_args("v6e-8") == ("v6e:2x4", {})
+  assert targets.topology_args("v6e:1x2") == ("v6e:1x2", {"chips_per_host_bounds": (1, 2, 1)})
+  assert targets.topology_args("v4:2x2x2") == ("v4:2x2x2", {"chip_config_name": "megacore"})
+  assert targets.topology_args("v5p:2x2x2") == ("v5p:2x2x2", {})
+  assert targets.topology_args("v5e:4x4") == ("v5e:4x4", {})
 
 
 def test_unknown_topology_is_a_clear_error():

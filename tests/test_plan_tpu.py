@@ -72,3 +72,19 @@ def test_fit_report_chooses_bfloat16_and_fits(v5e):
     assert 0 < r["total_bytes"] < r["limit_bytes"] and r["argument_bytes"] > 0
     assert r["flops"] > 0 and r["roofline_s"] > 0 and r["clips_per_s"] > 0
   assert plan["train"]["alias_bytes"] > 0                # donated state
+
+
+def test_a_short_tpu_splits_the_batch_and_keeps_it():
+  """XLA:TPU holds B/k clips per pass of the micro-batched step; with memory for a quarter
+  of the demo's batch but not for all of it, "auto" splits the batch and keeps the recipe's."""
+  config = demo.get_config()                             # remat / micro-batches "auto"
+  config.data.train_batch_size = 256                     # activations that show on a TPU
+  one = planner.Planner(config, planner.target("v5e-1"))
+  full, quarter = (one.report("train", None, "none", k) for k in (1, 4))
+  assert full.fits and quarter.fits and quarter.temp_bytes < full.temp_bytes / 2
+  limit_gib = (quarter.total_bytes + full.total_bytes) / 2 / 2 ** 30
+  short = planner.Planner(config, planner.target("v5e-1", hbm_gib=limit_gib))
+  r = short.fit()
+  assert r.fits and r.micro_batches in (2, 4) and r.remat == "none"
+  assert r.global_batch == config.data.train_batch_size
+  assert r.probes[0] == ("none", 1, False)
