@@ -68,3 +68,12 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
     return os.cpu_count() or 1
+
+
+def summarise(times: dict, batch: int, compile_s: float, model_flops: float,
+              hlo: float, peak_flops: float) -> dict:
+  """`time_steps` fields plus throughput, FLOP/s and MFU (the fields both harnesses print)."""
+  per_s = model_flops / times["step_s"]
+  return {**times, "compile_s": compile_s, "clips_per_s": batch / times["step_s"],
+          "model_flops": model_flops, "hlo_flops": hlo, "flops_per_s": per_s,
+          "mfu": per_s / peak_flops}

@@ -66,7 +66,8 @@ def spec_from_config(config) -> dict:
 def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, warmup: int = 2,
               peak_tflops: float | None = None) -> dict:
   """The JAX harness's result dict, measured on the PyTorch reference in a child process."""
-  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  # JAX on the harness side only: the torch child imports this module too.
+  from benchmarks import step_flops  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from pgvt_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
   spec = {**spec_from_config(config), "batch": batch, "mode": mode, "steps": n_steps,
@@ -87,13 +88,13 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
        "malloc_tuned": os.environ.get(malloc_tuning.MARKER) == "1",
        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
        "xla_flags": os.environ.get("XLA_FLAGS", "")}  # same keys as the JAX side; unused here
-  counts = train_step.jaxpr_flops(config, batch, mode)
+  counts = step_flops.jaxpr_flops(config, batch, mode)
   for name in ("train", "inference"):
     if name in child:
       s = dict(child[name])
       own = s.pop("torch_flops")
-      s.update(train_step.summarise(s, batch, s.pop("compile_s"), counts[name], own,
-                                    r["peak_flops_per_s"]))
+      s.update(timing.summarise(s, batch, s.pop("compile_s"), counts[name], own,
+                                r["peak_flops_per_s"]))
       r[name] = {**s, "temp_bytes": -1}
   if "inference" in r:
     r["inference"]["views_per_s"] = batch * r["inference"]["views_per_video"] / r[

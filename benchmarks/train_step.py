@@ -218,7 +218,7 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
       holder[0], metrics = compiled(holder[0], frozen, glob)
       jax.block_until_ready((holder[0], metrics))
 
-    results["train"] = summarise(time_steps(run, n_steps, warmup), batch, compile_s,
+    results["train"] = timing.summarise(time_steps(run, n_steps, warmup), batch, compile_s,
                                   model_flops, hlo_flops(compiled), peak_flops)
     results["train"].update(rss_after_compile_bytes=rss_compiled[0],
                             peak_rss_after_compile_bytes=rss_compiled[1],
@@ -234,46 +234,13 @@ def benchmark(config, *, batch: int, mode: str = "train", n_steps: int = 10, war
     compiled = jax.jit(predict).lower(trainable, frozen, glob).compile()
     compile_s = time.perf_counter() - t
     run = lambda: jax.block_until_ready(compiled(trainable, frozen, glob))
-    r = summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
+    r = timing.summarise(time_steps(run, n_steps, warmup), batch, compile_s, model_flops,
                    hlo_flops(compiled), peak_flops)
     r["temp_bytes"] = temp_bytes(compiled)
     r.update(views_per_video=views, views_per_s=batch * views / r["step_s"])
     results["inference"] = r
   mem, mem_source = peak_memory_bytes()
   return {**common_fields, **results, "peak_memory_bytes": mem, "peak_memory_source": mem_source}
-
-
-def jaxpr_flops(config, batch: int, mode: str) -> dict[str, float]:
-  """model_flops of `benchmark` (2 x jaxpr MACs) from shapes only: nothing is run or compiled.
-
-  What the PyTorch reference reports as model_flops, so both impls' MFU use the same count.
-  """
-  model = pgvt.create_model(config.model)
-  shapes = pgvt.param_shapes(model)
-  trainable, frozen = common.split_params(shapes) if config.freeze_backbone else (shapes, {})
-  out = {}
-  if mode in ("train", "both"):
-    tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 1000, 100),
-                              labels=common.param_labels if config.freeze_backbone else None)
-    state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
-    spec = {**pgvt.input_spec(config.model, batch),
-            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
-    fn = steps.make_train_step(model, tx, fitting.fixed(config), optim.make_schedule(config.optim, 1000, 100))
-    out["train"] = 2 * flops_lib.count_macs(fn, state, frozen, spec)["total"]
-  if mode in ("inference", "both"):
-    views = config.data.eval_clips * config.data.eval_crops
-    spec = pgvt.input_spec(config.model, batch * views)
-    out["inference"] = 2 * flops_lib.count_macs(steps.make_eval_step(model), trainable, frozen,
-                                                spec)["total"]
-  return out
-
-
-def summarise(times: dict, batch: int, compile_s: float, model_flops: float,
-              hlo: float, peak_flops: float) -> dict:
-  per_s = model_flops / times["step_s"]
-  return {**times, "compile_s": compile_s, "clips_per_s": batch / times["step_s"],
-          "model_flops": model_flops, "hlo_flops": hlo, "flops_per_s": per_s,
-          "mfu": per_s / peak_flops}
 
 
 def main(argv):

@@ -95,14 +95,14 @@ def _keys(r: dict) -> dict:
 @pytest.mark.e2e  # needs jax_result (above)
 def test_torch_impl_emits_the_jax_fields(jax_result):
   pytest.importorskip("torch")
-  from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_flops, torch_step  # pylint: disable=g-import-not-at-top
   config = _tiny("video_only")
   r = torch_step.benchmark(config, batch=2, mode="both", n_steps=2, warmup=1,
                            peak_tflops=1.0)
   assert _keys(r) == _keys(jax_result)
   assert r["impl"] == "torch" and r["config"]["variant"] == "video_only"
   assert r["peak_flops_per_s"] == 1e12 and r["peak_memory_bytes"] > 2**20
-  counts = bench.jaxpr_flops(config, 2, "both")
+  counts = step_flops.jaxpr_flops(config, 2, "both")
   for mode in ("train", "inference"):
     s = r[mode]
     assert s["timed_steps"] == 2 and 0 < s["step_s_min"] <= s["step_s"] <= s["step_s_max"]
