@@ -13,8 +13,9 @@ jax topology ("v5e:4x4"). Compile-only TPU devices need libtpu (`pip install "pg
 in a virtualenv of its own: docs/planning.md); with only TPU names given this sets
 JAX_PLATFORMS=cpu (unless set), so the host side runs on the CPU of a machine without TPUs.
 
-Every probe is a full XLA compile (a B/16 train step for TPU takes 40 s to 20 min on a
-2-core machine): --remat and --max_compiles bound the search, --max_batch_search=false skips it.
+Every probe is a full XLA compile (minutes for a B/16 train step on a small CPU host; the
+measured times are in docs/planning.md and benchmarks/RESULTS.md): --remat and --max_compiles
+bound the search, --max_batch_search=false skips it.
 """
 
 import os

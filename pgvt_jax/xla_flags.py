@@ -2,10 +2,10 @@
 
 XLA:CPU's default "concurrency-optimised" scheduler orders a program so independent ops can
 run at the same time, which keeps many activations alive at once. The train step's scratch
-(its temp buffer, allocated every step) is then ~1.5x what a memory-minimising order needs:
-ViT-B/16 video_only 8 frames batch 1, 2.32 GB -> 1.58 GB with the flag below, and 1.12 GB
-with `config.model.remat="save_dots"` on top (benchmarks/NOTES.md entry 10 has the A/B; step
-time unchanged within noise on 2 cores, where the matmuls already use every core).
+(its temp buffer, allocated every step) is then much larger than a memory-minimising order
+needs, while on a few cores the matmuls already use every core, so the concurrency buys no
+step time. The A/B (scratch bytes with and without the flag, with remat on top, step times)
+is benchmarks/NOTES.md entry 10.
 
 XLA reads XLA_FLAGS once, when JAX's CPU backend starts (the first jax.devices() / jit), and
 per-jit `compiler_options` do not reach this flag (measured: same buffer plan). So
