@@ -241,7 +241,7 @@ def measure_config(args) -> dict:
     start = time.perf_counter()
     if syn and syn.get("enabled", False):
       args.records = args.records or syn.num_train
-      from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+      from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
       builder_dir = synthetic.build(
           tmp, num_train=args.records, num_test=4, num_classes=syn.num_classes,
           num_frames=syn.num_frames, image_size=syn.image_size, seed=syn.seed,

@@ -42,7 +42,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, builder_dir=_DEFAULT_DIR, backbone="vit_b16", variant="pgvt",
                          pose_format="coords", lr_recipe="aim", video_frames=16,
                          pose_frames=48, num_persons=1, epochs=50, runlocal=False)
-  from pgvt_jax import skeletons  # pylint: disable=g-import-not-at-top
+  from data_prep import skeletons  # pylint: disable=g-import-not-at-top
   info = read_records_info(arg.builder_dir) or dict(
       num_classes=_PLACEHOLDER_CLASSES, joint_layout="coco17", splits=("train", "test"),
       flip_safe=True)

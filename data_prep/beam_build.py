@@ -9,7 +9,7 @@ local build), so the records are the same as a local build's.
 
 The listing (dataset files -> VideoItems) runs where the command is started
 and, once, on each worker (the pipeline carries only video ids); each worker
-runs `builder.process_item` on its videos. Every video's outcome
+runs `process.process_item` on its videos. Every video's outcome
 (skip reason, or warnings and counts) is gathered into one JSON report per
 split, written next to the records while they are built and merged into the
 build summary afterwards. Needs the `[beam]` extra.
@@ -22,7 +22,7 @@ from typing import Any
 
 from etils import epath
 
-from data_prep import builder as builder_lib
+from data_prep import process as process_lib
 
 _REPORT = "{split}.beam_report.json"
 
@@ -51,19 +51,19 @@ class _ProcessVideos:
   def __call__(self, video_id):
     self.setup()
     index, item = self._items[video_id]
-    return index, video_id, builder_lib.process_item(item, *self._args)
+    return index, video_id, process_lib.process_item(item, *self._args)
 
 
 def _example(row):
   _, video_id, result = row
-  if isinstance(result, builder_lib.SkipVideo):
+  if isinstance(result, process_lib.SkipVideo):
     return []
   return [(video_id, result[0])]
 
 
 def _report_row(row) -> list[Any]:
   index, video_id, result = row
-  if isinstance(result, builder_lib.SkipVideo):
+  if isinstance(result, process_lib.SkipVideo):
     return [index, video_id, str(result)]
   _, warnings, counts = result
   return [index, video_id, [list(warnings), dict(counts)]]
@@ -82,14 +82,14 @@ def read_report(data_path, split: str) -> list[tuple[str, Any]]:
   out = []
   for _, video_id, result in rows:
     if isinstance(result, str):
-      out.append((video_id, builder_lib.SkipVideo(result)))
+      out.append((video_id, process_lib.SkipVideo(result)))
     else:
       out.append((video_id, (None, result[0], result[1])))
   return out
 
 
 def split_transform(builder, manual_dir: str | None, split: str,
-                    items: list[builder_lib.VideoItem], report: str):
+                    items: list[process_lib.VideoItem], report: str):
   """The PTransform of one split: PBegin -> PCollection[(key, example)].
 
   `items` (listed here) only give the video ids; workers list them again.

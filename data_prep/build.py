@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from data_prep import builder as builder_lib
 from data_prep import commands
 from data_prep import extractors
+from data_prep import process
 from data_prep import records
 from data_prep.datasets import BUILDERS
 from data_prep.datasets import synthetic as synthetic_builder
@@ -107,7 +108,7 @@ def _parse(argv):
   p.add_argument("--max_frames", type=int, default=0, help="0: all frames")
   p.add_argument("--max_persons", type=int, default=0, help="0: all persons")
   p.add_argument("--missing_pose", default="keep",
-                 choices=builder_lib.MISSING_POSE_POLICIES)
+                 choices=process.MISSING_POSE_POLICIES)
   p.add_argument("--extractor", default=None,
                  help="'mediapipe:<python of a mediapipe-0.10.21 venv>'")
   p.add_argument("--num_workers", type=int, default=2)

@@ -24,7 +24,11 @@ pose-only model can at best tell the motion (top-1 <= 1/2 with two colours),
 a video-only model must read the motion from thin moving limbs; a model that
 uses both can reach 1.
 
-  path = build("/tmp/pgvt_data", num_train=256, num_test=64, num_classes=8)
+This module is the world (class definitions, rendering); the records are written by
+`data_prep.datasets.synthetic`:
+
+  path = data_prep.datasets.synthetic.build("/tmp/pgvt_data", num_train=256, num_test=64,
+                                            num_classes=8)
   src = tfds.builder_from_directory(path).as_data_source("train")
 """
 
@@ -37,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep import video as video_lib
-from pgvt_jax import skeletons
+from data_prep import skeletons
 
 SK = skeletons.COCO17
 LIMBS = ("left_arm", "right_arm", "left_leg", "right_leg")
@@ -260,28 +264,3 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
       original_size=(size, size))
   return video, kps
 
-
-def build(data_dir: str, num_train: int = 256, num_test: int = 64,
-          num_classes: int = 8, seed: int = 0, num_frames: int = 32,
-          image_size: int = 128, num_workers: int = 2,
-          progress: bool = False, class_set: str = "fine") -> str:
-  """Builds (or reuses) the synthetic records under `data_dir`.
-
-  Returns:
-    The dataset directory, for `tfds.builder_from_directory(path)`.
-  """
-  # Imported here: the builder module imports this one.
-  from data_prep.datasets import synthetic as synthetic_builder  # pylint: disable=g-import-not-at-top
-  from data_prep import builder as builder_lib  # pylint: disable=g-import-not-at-top
-  config = synthetic_builder.SyntheticConfig.make(
-      num_train=num_train, num_test=num_test, num_classes=num_classes,
-      seed=seed, num_frames=num_frames, image_size=image_size,
-      class_set=class_set)
-  if config.name in synthetic_builder.SyntheticPoseActions.builder_configs:
-    config = config.name  # TFDS refuses a new object named like a built-in.
-  b = synthetic_builder.SyntheticPoseActions(
-      data_dir=data_dir, config=config,
-      options=builder_lib.BuildOptions(short_side=None, num_workers=num_workers,
-                                       progress=progress))
-  b.download_and_prepare()
-  return str(b.data_dir)

@@ -45,6 +45,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> str:
   """The builder directory: the synthetic world is rendered into records on first use."""
   syn = config.get("synthetic_world")
   if syn and syn.get("enabled", False):
+    # The TFDS builders are imported only when the world is rendered (TFDS is slow to import).
     from data_prep.datasets import multiview  # pylint: disable=g-import-not-at-top
     kw = {k: syn[k] for k in ("num_train", "num_test", "num_views", "num_links", "num_frames",
                               "image_size", "seed", "background")}

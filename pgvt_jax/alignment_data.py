@@ -57,7 +57,7 @@ def load_episodes(builder_dir: str | Path, split: str, image_size: int,
                   num_joints: int) -> list[Episode]:
   """All episodes of `split`, views in index order (records -> memory)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from data_prep import records  # pylint: disable=g-import-not-at-top
+  from data_prep import records  # pylint: disable=g-import-not-at-top  # imports TFDS too
   builder = tfds.builder_from_directory(str(builder_dir))
   if split not in builder.info.splits:
     raise ValueError(f"{builder_dir} has no split {split!r} (splits: "

@@ -60,7 +60,8 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
   syn = config.get("synthetic_data")
   if not syn or not syn.get("enabled", False):
     return
-  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  # The TFDS builders are imported only when demo records are built (TFDS is slow to import).
+  from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
   kwargs = dict(num_train=syn.num_train, num_test=syn.num_test, num_classes=syn.num_classes,
                 num_frames=syn.num_frames, image_size=syn.image_size, seed=syn.seed,
                 class_set=syn.get("class_set", "fine"))

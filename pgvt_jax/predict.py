@@ -32,7 +32,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from pgvt_jax import checkpointing, data, evaluation, paths, skeletons, steps
+from data_prep import align, extractors, poses, skeletons, synthetic
+from data_prep import video as video_lib
+from pgvt_jax import checkpointing, data, evaluation, paths, steps
 from pgvt_jax.models import common, pgvt
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -65,7 +67,6 @@ def class_names(config: ml_collections.ConfigDict, workdir: Path, meta: dict) ->
   names = meta.get("class_names")
   syn = config.get("synthetic_data")
   if not names and syn and syn.get("enabled", False):
-    from data_prep import synthetic  # pylint: disable=g-import-not-at-top
     names = synthetic.class_names(syn.num_classes, syn.get("class_set", "fine"))
   if not names and (config.data.get("builder_dir") or config.data.get("name")):
     try:
@@ -247,8 +248,6 @@ class Predictor:
   def load_video(self, video: str | os.PathLike, keypoints: str | os.PathLike | None = None
                  ) -> dict:
     """Decodes a video file and reads/extracts its keypoints -> a record."""
-    from data_prep import align, poses  # pylint: disable=g-import-not-at-top
-    from data_prep import video as video_lib  # pylint: disable=g-import-not-at-top
     d = self.config.data
     try:
       decoded = video_lib.decode_video(video, short_side=max(d.short_side, d.image_size))
@@ -332,7 +331,6 @@ def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
     frozen = {}
   extractor = extractor if extractor is not None else (config.get("pose_extractor") or None)
   if isinstance(extractor, str):
-    from data_prep import extractors  # pylint: disable=g-import-not-at-top
     extractor = extractors.from_spec(extractor)
   return Predictor(config=config, model=model, trainable=trainable, frozen=frozen,
                    class_names=class_names(config, workdir, meta), skeleton=skeleton,

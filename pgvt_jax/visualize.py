@@ -30,7 +30,8 @@ import jax
 import numpy as np
 
 from pgvt_jax import paths as paths_lib  # `paths` names lists of written files below
-from pgvt_jax import skeletons, steps
+from data_prep import skeletons
+from pgvt_jax import steps
 from pgvt_jax.data import augment
 from pgvt_jax.models import clip_vit, common
 

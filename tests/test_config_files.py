@@ -117,7 +117,7 @@ def test_custom_config_reads_the_records(tmp_path):
   records it is given; without records it still loads (training then names the directory)."""
   from configs import custom  # pylint: disable=g-import-not-at-top
   from data_prep import build, builder as builder_lib  # pylint: disable=g-import-not-at-top
-  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
   from tests.dataprep_fixtures import write_dot_video, write_text  # pylint: disable=g-import-not-at-top
   m = tmp_path / "m"
   for name in ("a", "b", "c"):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import adl_common
-from pgvt_jax import data, skeletons, train
+from data_prep import skeletons
+from pgvt_jax import data, train
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from pgvt_jax import data, fitting, optim, skeletons, steps
+from data_prep import skeletons
+from pgvt_jax import data, fitting, optim, steps
 from pgvt_jax import train
 from pgvt_jax.models import common, pgvt
 

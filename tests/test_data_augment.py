@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import data, skeletons
+from pgvt_jax import data
 from pgvt_jax.data import augment
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_prep import builder as builder_lib
-from data_prep import synthetic
+from data_prep.datasets import synthetic
 from data_prep.datasets import Diving48
 from pgvt_jax import data
 from tests.dataprep_fixtures import (mmaction_ann, write_dot_video,

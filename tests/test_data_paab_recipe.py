@@ -4,8 +4,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import data, skeletons
+from pgvt_jax import data
 from pgvt_jax.data import augment, sampling
 
 RED = (255, 0, 0)

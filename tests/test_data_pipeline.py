@@ -10,8 +10,9 @@ import grain
 import jax
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import data, skeletons
+from pgvt_jax import data
 
 N_TRAIN, N_EVAL = 7, 5
 

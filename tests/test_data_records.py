@@ -10,8 +10,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
+from data_prep import skeletons
 
-from pgvt_jax import data, skeletons
+from pgvt_jax import data
 
 LW = skeletons.COCO17.index("left_wrist")
 CLASSES = ("jump", "spin", "wave")

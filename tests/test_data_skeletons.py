@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pgvt_jax import skeletons
+from data_prep import skeletons
 
 
 @pytest.mark.parametrize("name,num_joints", [

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 from data_prep import records
 from data_prep import synthetic
+from data_prep.datasets import synthetic as synthetic_records
 
 tfds.disable_progress_bar()
 _LIMB = {"left_arm": (5, 7), "right_arm": (6, 8), "left_leg": (11, 13),
@@ -111,7 +112,7 @@ def test_keypoints_are_on_the_drawn_figure_and_deterministic():
 
 
 def test_build_through_the_tfds_builder(tmp_path):
-  path = synthetic.build(str(tmp_path), num_train=16, num_test=8,
+  path = synthetic_records.build(str(tmp_path), num_train=16, num_test=8,
                          num_classes=4, seed=3, num_frames=8, image_size=64)
   b = tfds.builder_from_directory(path)
   assert b.info.metadata["joint_layout"] == "coco17"
@@ -126,6 +127,6 @@ def test_build_through_the_tfds_builder(tmp_path):
   assert ex["keypoints"].shape == (8, 1, 17, 2)
   assert (ex["keypoint_score"] == 1).all()
   # Same arguments: the same directory, reused.
-  assert synthetic.build(str(tmp_path), num_train=16, num_test=8,
+  assert synthetic_records.build(str(tmp_path), num_train=16, num_test=8,
                          num_classes=4, seed=3, num_frames=8,
                          image_size=64) == path

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import checkpointing, data, skeletons, train
+from pgvt_jax import checkpointing, data, train
 from pgvt_jax import experiment as experiment_lib
 from tests import predict_fixtures
 

@@ -6,8 +6,9 @@ import math
 import jax
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import data, skeletons
+from pgvt_jax import data
 from pgvt_jax.models import pose_maps as pm
 
 

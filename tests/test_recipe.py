@@ -140,7 +140,8 @@ def _rgb(frames):
 
 
 def _views(cfg, rec):
-  from pgvt_jax import data, skeletons
+  from data_prep import skeletons
+  from pgvt_jax import data
   proc = data.ClipProcessor(cfg, skeletons.COCO17)
   return [proc.view(rec, 0, v) for v in range(proc.num_views)]
 
@@ -245,7 +246,8 @@ def _two_person_record(t=8, w=96, h=48):
 
 
 def test_person_tracking_keeps_one_person():
-  from pgvt_jax import data, skeletons
+  from data_prep import skeletons
+  from pgvt_jax import data
   from pgvt_jax.data import augment
   rec = _two_person_record()
   kp, sc = augment.link_persons(rec["keypoints"], rec["keypoint_score"])

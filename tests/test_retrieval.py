@@ -59,7 +59,7 @@ def test_records_spec():
 
 @pytest.mark.e2e  # a whole training run (20-40 s)
 def test_end_to_end_on_synthetic_records(tmp_path):
-  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
   from configs import demo  # pylint: disable=g-import-not-at-top
   from pgvt_jax import train  # pylint: disable=g-import-not-at-top
   records = synthetic.build(str(tmp_path / "syn"), num_train=8, num_test=6, num_classes=3,

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_prep import skeletons
 
 from pgvt_jax import checkpointing, data, init_from
-from pgvt_jax import skeletons
 from tests.test_device_prefetch import _iterator, _key, _records  # one tiny pipeline
 from tests.test_reliability import _damage, _state, two_steps  # noqa: F401  (the fixture)
 

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import data, skeletons, visualize
+from pgvt_jax import data, visualize
 from pgvt_jax.data import augment
 from pgvt_jax.models import deit, factory, pgvt, pixels, timesformer
 from pgvt_jax.models.config import ModelConfig, model_config

@@ -3,8 +3,9 @@
 import jax
 import numpy as np
 import pytest
+from data_prep import skeletons
 
-from pgvt_jax import skeletons, visualize
+from pgvt_jax import visualize
 from pgvt_jax.models import clip_vit, pgvt
 from pgvt_jax.models.config import ModelConfig
 from tests.test_models_variants import random_batch  # one random-batch helper
@@ -144,7 +145,7 @@ def test_cli_fig2_for_pgvt_and_baseline_runs(short_runs, tmp_path):
 
 
 def test_cli_records_overlay(synthetic_dir, tmp_path):
-  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
   syn = tiny_config(synthetic_dir).synthetic_data
   builder_dir = synthetic.build(synthetic_dir, num_train=syn.num_train, num_test=syn.num_test,
                                 num_classes=syn.num_classes, num_frames=syn.num_frames,

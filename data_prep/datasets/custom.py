@@ -9,7 +9,7 @@ import os
 from data_prep import builder as builder_lib
 from data_prep import poses as poses_lib
 from data_prep.datasets import common
-from pgvt_jax import skeletons
+from data_prep import skeletons
 
 _SPLITS = ("train", "val", "test")
 

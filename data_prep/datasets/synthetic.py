@@ -1,4 +1,8 @@
-"""The built-in demo dataset (see `data_prep.synthetic`) as a TFDS builder."""
+"""The built-in demo dataset (the world: `data_prep.synthetic`) as a TFDS builder.
+
+  path = build("/tmp/pgvt_data", num_train=256, num_test=64, num_classes=8)
+  src = tfds.builder_from_directory(path).as_data_source("train")
+"""
 
 from __future__ import annotations
 
@@ -74,6 +78,29 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
             pose=clip.pose))
       splits[split] = items
     return synthetic.class_names(cfg.num_classes, cfg.class_set), splits
+
+
+def build(data_dir: str, num_train: int = 256, num_test: int = 64,
+          num_classes: int = 8, seed: int = 0, num_frames: int = 32,
+          image_size: int = 128, num_workers: int = 2,
+          progress: bool = False, class_set: str = "fine") -> str:
+  """Builds (or reuses) the synthetic records under `data_dir`.
+
+  Returns:
+    The dataset directory, for `tfds.builder_from_directory(path)`.
+  """
+  config = SyntheticConfig.make(
+      num_train=num_train, num_test=num_test, num_classes=num_classes,
+      seed=seed, num_frames=num_frames, image_size=image_size,
+      class_set=class_set)
+  if config.name in SyntheticPoseActions.builder_configs:
+    config = config.name  # TFDS refuses a new object named like a built-in.
+  b = SyntheticPoseActions(
+      data_dir=data_dir, config=config,
+      options=builder_lib.BuildOptions(short_side=None, num_workers=num_workers,
+                                       progress=progress))
+  b.download_and_prepare()
+  return str(b.data_dir)
 
 
 class _Clip:

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   # picked on eval_split). With a validation split carved from train, e.g.
   # train_split="train[:90%]", eval_split="train[90%:]", test_split="test".
   c.test_split = ""
-  # Joint layout (pgvt_jax.skeletons name). "" = read it from the dataset's
+  # Joint layout (data_prep.skeletons name). "" = read it from the dataset's
   # metadata (key "skeleton").
   c.skeleton = ""
 

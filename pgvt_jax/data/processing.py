@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from pgvt_jax import skeletons
+from data_prep import skeletons
 from pgvt_jax.data import augment
 from pgvt_jax.data import sampling
 

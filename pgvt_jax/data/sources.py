@@ -9,7 +9,8 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from pgvt_jax import paths, skeletons
+from data_prep import commands, skeletons
+from pgvt_jax import paths
 
 # DatasetInfo metadata keys that may name the joint layout.
 _LAYOUT_KEYS = ("skeleton", "joint_layout", "layout")
@@ -87,12 +88,7 @@ def check_records(builder_dir: str) -> None:
     return
   why = ("does not exist" if not path.exists() else
          "holds no dataset_info.json")
-  command = None
-  try:  # data_prep ships with pgvt_jax; only this message needs it.
-    from data_prep import commands  # pylint: disable=g-import-not-at-top
-    command = commands.build_command(builder_dir)
-  except ImportError:
-    pass
+  command = commands.build_command(builder_dir)
   how = (f"Build them with\n  {command}\n" if command else
          "Build them with `python -m data_prep.build` (docs/data.md).\n")
   raise RecordsNotFoundError(
