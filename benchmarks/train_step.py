@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgvt_jax import config_files, fitting, hardware, optim, partitioning, steps
+from pgvt_jax import cli, config_files, fitting, hardware, optim, partitioning, steps
 from pgvt_jax.models import common, pgvt
 from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
@@ -281,7 +281,10 @@ def main(argv):
   sys.stdout.flush()
 
 
-if __name__ == "__main__":
+def _define_all_flags() -> None:
   _define_flags()
   flags.mark_flag_as_required("config")
-  app.run(main)
+
+
+if __name__ == "__main__":
+  cli.run_app(main, _define_all_flags, __doc__)  # --help: usage, exit 0

@@ -29,7 +29,7 @@ if __name__ == "__main__":  # before JAX starts: compile-only TPUs need no TPU b
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags
 
-from pgvt_jax import config_files, planner
+from pgvt_jax import cli, config_files, planner
 
 GiB = 2 ** 30
 
@@ -135,5 +135,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run_app(main, _define_flags, __doc__)  # --help: usage, exit 0

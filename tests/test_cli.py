@@ -26,6 +26,9 @@ CLIS = {
     "pgvt_jax.tools.paper_tables": ["--markdown", "--tables"],
     "data_prep.build": ["--dataset", "--data_dir", "--manual_dir"],
     "data_prep.measure": ["videos"],
+    "pgvt_jax.plan": ["--config", "--topology", "--max_compiles"],
+    "benchmarks.train_step": ["--config", "--batch", "--impl"],
+    "benchmarks.plan_table": ["--models", "--topologies", "--render"],
 }
 
 
