@@ -8,7 +8,7 @@ r"""Look inside a trained model (the PGVT paper's Fig. 2) and check the input pi
         --split=train --n=8 --out=figs/
 
 Attention weights come from an explicit-softmax path that runs only when the model is applied
-with `mutable=["attention"]` (`clip_vit.attend`); training and evaluation keep the fused
+with `mutable=["attention"]` (`layers.attend`); training and evaluation keep the fused
 `jax.nn.dot_product_attention`. Per chosen layer the figure shows, over the clip's frames:
   Video Attn         CLS -> patch attention of the video stream's spatial attention (heatmap)
   Pose Attn          CLS -> joint attention of the pose stream's spatial attention (dots on the
@@ -32,7 +32,8 @@ import numpy as np
 from pgvt_jax import paths as paths_lib  # `paths` names lists of written files below
 from pgvt_jax import skeletons, steps
 from pgvt_jax.data import augment
-from pgvt_jax.models import clip_vit, common
+from pgvt_jax.models import common
+from pgvt_jax.models.layers import ATTENTION  # (`layers` names block lists below)
 
 # ---------------------------------------------------------------------------- recording
 
@@ -47,9 +48,9 @@ def record_attention(model, params, batch: Mapping[str, Any]
     pose_temporal, video_temporal, pose_spatial, video_spatial, pose_to_video, video_to_pose.
   """
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False,
-                                           mutable=[clip_vit.ATTENTION]))
+                                           mutable=[ATTENTION]))
   (logits, out), state = apply(params, steps.model_inputs(batch))
-  flat = common.flatten(jax.device_get(state[clip_vit.ATTENTION]))
+  flat = common.flatten(jax.device_get(state[ATTENTION]))
   # sow stores a tuple per name, one entry per call; each name is called once per block.
   attn = {k: np.asarray(v[0] if isinstance(v, (tuple, list)) else v) for k, v in flat.items()}
   return np.asarray(logits), jax.device_get(out), attn
