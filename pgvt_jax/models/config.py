@@ -280,10 +280,15 @@ class ModelConfig:
     return tuple(self.pixel_mean or mean), tuple(self.pixel_std or std)
 
   @property
+  def arch(self) -> clip_vit.ClipVitConfig | timesformer.TimeSformerConfig:
+    """The backbone's architecture, whatever the family: image_size, patch_size, layers,
+    width, heads, mlp_ratio."""
+    return self.timesformer if self.family == "timesformer" else self.clip
+
+  @property
   def patch_geometry(self) -> tuple[int, int]:
     """(S, p): the backbone's input size and patch size, whatever the family (pose maps)."""
-    arch = self.timesformer if self.family == "timesformer" else self.clip
-    return arch.image_size, arch.patch_size
+    return self.arch.image_size, self.arch.patch_size
 
   @property
   def timesformer(self) -> timesformer.TimeSformerConfig:
