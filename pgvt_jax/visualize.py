@@ -8,13 +8,17 @@ r"""Look inside a trained model (the PGVT paper's Fig. 2) and check the input pi
         --split=train --n=8 --out=figs/
 
 Attention weights come from an explicit-softmax path that runs only when the model is applied
-with `mutable=["attention"]` (`clip_vit.attend`); training and evaluation keep the fused
-`jax.nn.dot_product_attention`. Per chosen layer the figure shows, over the clip's frames:
-  Video Attn         CLS -> patch attention of the video stream's spatial attention (heatmap)
+with `mutable=["attention"]` (`layers.attend`, shared by every family and PAAB); training and
+evaluation keep the fused kernel. Per chosen layer the figure shows, over the clip's frames:
+  Video Attn         CLS -> patch attention of the video stream's spatial attention (heatmap);
+                     TimeSformer: its divided block's spatial attention (the clip's CLS copied
+                     into each frame, as the block computes it)
   Pose Attn          CLS -> joint attention of the pose stream's spatial attention (dots on the
                      skeleton: size and brightness per joint)
   R-Adapter pose->video   the pose queries' (mean over joints) attention over video patches
   R-Adapter video->pose   the video CLS query's attention over the pose joints (dots)
+  PAAB Attn          CLS -> patch attention of a PAAB inserted after that block (masked to the
+                     pose tokens; joint PA-STA: the first CLS over every frame's patches)
 "Refined" rows (PGVT) and baseline rows (video_only / pose_only) differ only by workdir, as
 "Video Attn" / "Refined Video Attn" in Fig. 2.
 """
@@ -33,7 +37,8 @@ from pgvt_jax import paths as paths_lib  # `paths` names lists of written files 
 from data_prep import skeletons
 from pgvt_jax import steps
 from pgvt_jax.data import augment
-from pgvt_jax.models import clip_vit, common
+from pgvt_jax.models import common
+from pgvt_jax.models.layers import ATTENTION  # (`layers` names block lists below)
 
 # ---------------------------------------------------------------------------- recording
 
@@ -43,35 +48,48 @@ def record_attention(model, params, batch: Mapping[str, Any]
   """Runs the model in eval mode recording every attention map.
 
   Returns:
-    logits `(B, C)`, the model's out dict, and {"resblocks_{i}/attn/<name>" or
-    "resblocks_{i}/R_Adapter/<name>": weights `(B', Lq, Lk)` averaged over heads}, names
-    pose_temporal, video_temporal, pose_spatial, video_spatial, pose_to_video, video_to_pose.
+    logits `(B, C)`, the model's out dict, and {path: weights `(B', Lq, Lk)` averaged over
+    heads}. Paths: CLIP family "resblocks_{i}/attn/<name>", names pose_temporal,
+    video_temporal, pose_spatial, video_spatial, and "resblocks_{i}/R_Adapter/<name>",
+    names pose_to_video, video_to_pose; TimeSformer "blocks_{i}/{temporal_attn,attn}/
+    video_{temporal,spatial}"; PAAB after block l "paab_{l}[_{j}]/attn/{spatial,joint}" and
+    "paab_{l}[_{j}]/temporal_attn/temporal" (models/paab.py).
   """
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False,
-                                           mutable=[clip_vit.ATTENTION]))
+                                           mutable=[ATTENTION]))
   (logits, out), state = apply(params, steps.model_inputs(batch))
-  flat = common.flatten(jax.device_get(state[clip_vit.ATTENTION]))
+  recorded = state.get(ATTENTION, {})
+  if not recorded:
+    raise ValueError(f"{type(model).__name__} recorded no attention: its attention layers "
+                     "are not layers.Attention / layers.attend calls with record=...")
+  flat = common.flatten(jax.device_get(recorded))
   # sow stores a tuple per name, one entry per call; each name is called once per block.
   attn = {k: np.asarray(v[0] if isinstance(v, (tuple, list)) else v) for k, v in flat.items()}
   return np.asarray(logits), jax.device_get(out), attn
 
 
+BLOCK_PREFIXES = ("resblocks", "blocks")  # CLIP family, TimeSformer: block i is <prefix>_{i}
+
+
 def _get(attn: dict, layer: int, name: str) -> Optional[np.ndarray]:
+  """Block `layer`'s (0-based) recorded weights called `name`, whatever the family."""
   for k, v in attn.items():
-    if k.startswith(f"resblocks_{layer}/") and k.endswith("/" + name):
+    if k.split("/")[0] in [f"{p}_{layer}" for p in BLOCK_PREFIXES] and k.endswith("/" + name):
       return v
   return None
+
+
+def _cls_maps(row: np.ndarray, batch_size: int) -> np.ndarray:
+  """CLS -> patch weights `(B', g*g)` (or `(B, T*g*g)`) -> `(B, T, g, g)` maps."""
+  row = row.reshape(batch_size, -1, row.shape[-1])
+  return row.reshape(batch_size, -1, *(2 * [int(round(np.sqrt(row.shape[-1])))]))
 
 
 def video_cls_maps(attn: dict, layer: int, batch_size: int, name: str = "video_spatial"
                    ) -> Optional[np.ndarray]:
   """CLS -> patch weights of one layer as `(B, T, g, g)` maps (rows of `name`, query CLS)."""
   w = _get(attn, layer, name)
-  if w is None:
-    return None
-  row = w[:, 0, 1:]                                    # (B*T, g*g)
-  g = int(round(np.sqrt(row.shape[-1])))
-  return row.reshape(batch_size, -1, g, g)
+  return None if w is None else _cls_maps(w[:, 0, 1:], batch_size)   # rows (B*T, g*g)
 
 
 def pose_cls_weights(attn: dict, layer: int, batch_size: int) -> Optional[np.ndarray]:
@@ -83,17 +101,36 @@ def pose_cls_weights(attn: dict, layer: int, batch_size: int) -> Optional[np.nda
 def pose_to_video_maps(attn: dict, layer: int, batch_size: int) -> Optional[np.ndarray]:
   """R-Adapter: pose queries (mean over the joints) over video patches: `(B, T_l, g, g)`."""
   w = _get(attn, layer, "pose_to_video")
-  if w is None:
-    return None
-  row = w[:, 1:, 1:].mean(1)
-  g = int(round(np.sqrt(row.shape[-1])))
-  return row.reshape(batch_size, -1, g, g)
+  return None if w is None else _cls_maps(w[:, 1:, 1:].mean(1), batch_size)
 
 
 def video_to_pose_weights(attn: dict, layer: int, batch_size: int) -> Optional[np.ndarray]:
   """R-Adapter: the video CLS query over the pose joints: `(B, T_l, J)`."""
   w = _get(attn, layer, "video_to_pose")
   return None if w is None else w[:, 0, 1:].reshape(batch_size, -1, w.shape[-1] - 1)
+
+
+def paab_cls_maps(attn: dict, layer: int, batch_size: int, frames: int
+                  ) -> list[tuple[str, np.ndarray]]:
+  """[(name, `(B, T, g, g)`)]: the CLS query's weights over the patches of each PAAB placed
+  after block `layer` (0-based, so `paab_{layer + 1}`, then `_2`, ... for paab_depth > 1).
+
+  PA-SA (`attn/spatial`, `(B*T, 1+N, 1+N)`): each frame's CLS over that frame's patches. Joint
+  PA-STA (`attn/joint`, `(B, C+T*N, C+T*N)`, C = 1 or T CLS tokens): the first CLS over every
+  frame's patches; C is the one that leaves T*N patch keys.
+  """
+  out = []
+  for k in sorted(attn):
+    block = k.split("/")[0]
+    if not (block == f"paab_{layer + 1}" or block.startswith(f"paab_{layer + 1}_")):
+      continue
+    w = attn[k]
+    if k.endswith("/attn/spatial"):
+      out.append((block, _cls_maps(w[:, 0, 1:], batch_size)))
+    elif k.endswith("/attn/joint"):
+      c = 1 if (w.shape[-1] - 1) % frames == 0 else frames
+      out.append((block, _cls_maps(w[:, 0, c:].reshape(batch_size * frames, -1), batch_size)))
+  return out
 
 
 # ---------------------------------------------------------------------------- drawing
@@ -156,7 +193,7 @@ def fig2_rows(model_config, batch: Mapping[str, np.ndarray], attn: dict, layers:
   t_high = pose.shape[0]
   pf = [_pose_frame(t, t_low, t_high) for t in range(t_low)]
   rows = []
-  depth = model_config.clip.layers
+  depth = model_config.arch.layers
   for layer in layers:
     li = layer % depth
     tag = f"{label} L{li + 1}"
@@ -176,6 +213,9 @@ def fig2_rows(model_config, batch: Mapping[str, np.ndarray], attn: dict, layers:
       rows.append((f"R-Adapter video->pose\n{tag}",
                    [("dots", frames[t], pose[pf[t]], mask[pf[t]], vp[0, t])
                     for t in range(t_low)]))
+    for block, maps in paab_cls_maps(attn, li, 1, t_low):
+      rows.append((f"PAAB Attn\n{label} {block}",
+                   [("heat", frames[t], maps[0, t]) for t in range(t_low)]))
   return rows
 
 

@@ -31,4 +31,4 @@ def fast_compiles():
 
 # Tiny trained runs shared by test_predict and test_visualize (session scope: trained once).
 from tests.predict_fixtures import (  # noqa: E402,F401  pylint: disable=unused-import
-    short_runs, synthetic_dir, trained_run)
+    pose_aware_runs, short_runs, synthetic_dir, trained_run)

@@ -79,6 +79,23 @@ def short_runs(tmp_path_factory, synthetic_dir):
   return out
 
 
+@pytest.fixture(scope="session")
+def pose_aware_runs(tmp_path_factory, synthetic_dir):
+  """{name: workdir} of 2-step video runs of the other families and of PAAB, for their
+  figures: "timesformer" (the TimeSformer family) and "paab" (CLIP video model with a PAAB
+  after block 2, which reads keypoints at inference)."""
+  out = {}
+  for name, model in (("timesformer", dict(family="timesformer")),
+                      ("paab", dict(paab_layers=(2,)))):
+    workdir = tmp_path_factory.mktemp(f"run_{name}")
+    config = tiny_config(synthetic_dir, "video_only", steps=2, pose_format="coords")
+    config.model.update(model)
+    config.freeze_backbone = name != "timesformer"  # the TimeSformer family fine-tunes all
+    train_run(config, workdir, evaluate=False)
+    out[name] = workdir
+  return out
+
+
 def render_mp4(path: Path, label: int, seed: int) -> np.ndarray:
   """A fresh synthetic clip of class `label` written to `path`; returns its keypoints (T, 17, 2)."""
   from data_prep import synthetic  # pylint: disable=g-import-not-at-top

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from pgvt_jax import accelerators
-from pgvt_jax.models import clip_vit
+from pgvt_jax.models import layers
 from pgvt_jax.models.config import auto_dtype
 
 
@@ -48,7 +48,7 @@ def test_choice_per_device_kind(device, dtype, attention):
   assert device.device_kind in choice.reason and "\n" not in choice.reason
   assert auto_dtype([device]) == dtype
   want = "cudnn" if attention == "cudnn" else "xla"
-  assert clip_vit.resolve_attention_impl("auto", jnp.bfloat16, 64, devices=[device]) == want
+  assert layers.resolve_attention_impl("auto", jnp.bfloat16, 64, devices=[device]) == want
 
 
 def test_older_gpus_say_why_float32_and_not_float16():
@@ -64,7 +64,7 @@ def test_a_mixed_set_gets_the_most_conservative_choice():
 
 
 def test_cudnn_only_where_the_call_fits():
-  resolve = lambda *a, **k: clip_vit.resolve_attention_impl(*a, devices=[A100], **k)
+  resolve = lambda *a, **k: layers.resolve_attention_impl(*a, devices=[A100], **k)
   assert resolve("auto", jnp.float16, 128) == "cudnn"
   assert resolve("auto", jnp.float32, 64) == "xla"             # cuDNN flash: half types only
   assert resolve("auto", jnp.bfloat16, 256) == "xla"           # head dim > 128
@@ -73,9 +73,9 @@ def test_cudnn_only_where_the_call_fits():
   assert resolve("cudnn", jnp.float32, 64) == "cudnn"          # asked for: jax raises if unfit
   assert resolve("xla", jnp.bfloat16, 64) == "xla"
   # fp16 asked for explicitly on a T4: still XLA attention (cuDNN flash needs 8.0).
-  assert clip_vit.resolve_attention_impl("auto", jnp.float16, 64, devices=[T4]) == "xla"
+  assert layers.resolve_attention_impl("auto", jnp.float16, 64, devices=[T4]) == "xla"
   with pytest.raises(ValueError, match=r"attention_impl='cudnn' needs an NVIDIA GPU.*'tpu'"):
-    clip_vit.resolve_attention_impl("cudnn", jnp.bfloat16, 64, devices=[tpu("TPU v3")])
+    layers.resolve_attention_impl("cudnn", jnp.bfloat16, 64, devices=[tpu("TPU v3")])
 
 
 def test_defaults_read_this_hosts_devices():

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import erf
 
 from pgvt_jax import losses
-from pgvt_jax.models import paab, paat
+from pgvt_jax.models import layers, paab, paat
 
 EPS = 1e-6
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -164,7 +164,7 @@ def test_paab_params_are_one_vit_block_and_timm_init():
   assert count("fact_pa_sta") == vit_block + 4 * (d * d + d) + 2 * d + (d * d + d)
   # timm trunc_normal_(std=.02): truncation at +-2 absolute (never reached), so the sample std
   # is 0.02 and values beyond 2 sigma occur (~4.6%), unlike flax's truncated_normal(0.02).
-  w = np.asarray(paab.trunc_normal_init()(jax.random.key(0), (400, 500)))
+  w = np.asarray(layers.trunc_normal()(jax.random.key(0), (400, 500)))
   assert abs(w.std() - 0.02) < 3e-4 and abs(w.mean()) < 3e-4
   assert 0.04 < np.mean(np.abs(w) > 0.04) < 0.052
   flax_w = np.asarray(jax.nn.initializers.truncated_normal(0.02)(jax.random.key(0), (400, 500)))

@@ -16,7 +16,7 @@ from flax import linen as nn
 from benchmarks import train_step as bench
 from configs import diving48
 from pgvt_jax import accelerators, fitting, steps
-from pgvt_jax.models import clip_vit, common, pgvt
+from pgvt_jax.models import common, layers, pgvt
 from pgvt_jax.models.config import ModelConfig, auto_dtype
 from tests.test_models_variants import random_batch, random_params, tiny
 
@@ -95,7 +95,7 @@ def test_counter_catches_a_relayout_of_a_frozen_kernel():
 
   n, found = frozen_relayouts(jax.jit(step).lower(kernel, x).compile().as_text())
   assert n == 2 and found, found
-  new = clip_vit.HeadsDense(32, 2)
+  new = layers.HeadsDense(32, 2)
   n, found = frozen_relayouts(jax.jit(lambda frozen, x: jax.grad(
       lambda x: (new.apply(frozen, x) ** 2).sum())(x)).lower(kernel, x).compile().as_text())
   assert n == 2 and not found, found
@@ -115,9 +115,9 @@ def test_heads_dense_has_dense_generals_params_and_values():
   y = jax.random.normal(jax.random.key(2), (3, 5, 4, 16))
   init = nn.initializers.normal(0.3)
   for old, new, inp in [(nn.DenseGeneral((4, 16), bias_init=init),
-                         clip_vit.HeadsDense(16, 4, bias_init=init), x),
+                         layers.HeadsDense(16, 4, bias_init=init), x),
                         (nn.DenseGeneral(64, axis=(-2, -1), bias_init=init),
-                         clip_vit.HeadsDense(64, bias_init=init), y)]:
+                         layers.HeadsDense(64, bias_init=init), y)]:
     p_old, p_new = old.init(jax.random.key(0), inp), new.init(jax.random.key(0), inp)
     jax.tree.map(np.testing.assert_array_equal, p_old, p_new)  # same shapes, same init
     np.testing.assert_allclose(new.apply(p_new, inp), old.apply(p_old, inp), atol=1e-5)
@@ -163,7 +163,7 @@ def test_attention_impl_matches_einsum_attention(impl):
   class Attn(nn.Module):
     @nn.compact
     def __call__(self, q, k, v, bias, record=None):
-      return clip_vit.attend(self, q, k, v, bias, record, impl)
+      return layers.attend(self, q, k, v, bias, record, impl)
 
   fused = Attn().apply({}, q, k, v, bias)
   explicit, _ = Attn().apply({}, q, k, v, bias, "x", mutable=["attention"])  # einsum path
@@ -184,7 +184,7 @@ def test_cudnn_attention_without_a_gpu_is_a_clear_error():
 
 def test_auto_attention_picks_cudnn_only_where_cudnn_runs():
   # Per device kind and call shape: tests/test_accelerators.py (fake T4/A100/H100/TPU/CPU).
-  resolve = clip_vit.resolve_attention_impl
+  resolve = layers.resolve_attention_impl
   want = accelerators.choose().attention  # this host's devices
   assert resolve("auto", jnp.bfloat16, 64) == want
   assert want == "xla" or jax.default_backend() == "gpu"

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgvt_jax.models import adapters, pgvt
+from pgvt_jax.models import adapters, layers, pgvt
 from pgvt_jax.models.config import ModelConfig
 
 
@@ -20,7 +20,7 @@ def test_adapter_init_is_timm_trunc_normal():
   np.testing.assert_array_equal(params["D_fc2"]["kernel"], 0.0)
   big = adapters.trunc_normal(jax.random.key(1), (400_000,))
   assert abs(float(big.std()) / 0.02 - 1) < 0.01
-  wide = adapters.timm_trunc_normal(1.5)(jax.random.key(2), (100_000,))
+  wide = layers.trunc_normal(1.5)(jax.random.key(2), (100_000,))
   assert float(jnp.abs(wide).max()) <= 2.0  # the absolute bound still applies
 
 
@@ -29,7 +29,7 @@ def test_drop_path_modes(mode):
   """frame: one draw per (clip, frame); aim: one draw per token position for the whole batch."""
   b, t, n, d = 4, 3, 50, 5
   x = jnp.ones((b, t, n, d))
-  y = np.asarray(adapters.DropPath(0.5, mode).apply(
+  y = np.asarray(layers.DropPath(0.5, mode).apply(
       {}, x, deterministic=False, rngs={"drop_path": jax.random.key(0)}))
   assert set(np.unique(y)) == {0.0, 2.0}  # dropped or scaled by 1 / keep
   if mode == "frame":
@@ -39,7 +39,7 @@ def test_drop_path_modes(mode):
     assert (y == y[:1, :1, :, :1]).all()            # constant over clips, frames, channels
     assert len(np.unique(y[0, 0, :, 0])) == 2       # varies over token positions
   np.testing.assert_array_equal(
-      adapters.DropPath(0.5, mode).apply({}, x, deterministic=True), x)
+      layers.DropPath(0.5, mode).apply({}, x, deterministic=True), x)
 
 
 def test_drop_path_mode_reaches_the_blocks():

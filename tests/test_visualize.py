@@ -6,7 +6,7 @@ import pytest
 from data_prep import skeletons
 
 from pgvt_jax import visualize
-from pgvt_jax.models import clip_vit, pgvt
+from pgvt_jax.models import factory, pgvt
 from pgvt_jax.models.config import ModelConfig
 from tests.test_models_variants import random_batch  # one random-batch helper
 
@@ -121,6 +121,75 @@ def test_fig2_grid_png(tmp_path):
   assert img.shape[0] > 400 and img.std() > 10
 
 
+# ------------------------------------------------------------------ every family, and PAAB
+# TimeSformer Ti/8 (4 frames, 2 blocks) and the CLIP video model, PAAB after block 2.
+FAMILIES = {
+    "timesformer": dict(family="timesformer"),
+    "timesformer_pa_sa": dict(family="timesformer", paab_layers=(2,)),
+    "timesformer_fact_pa_sta": dict(family="timesformer", paab_layers=(2,),
+                                    paab_variant="fact_pa_sta"),
+    "timesformer_joint_pa_sta": dict(family="timesformer", paab_layers=(2,),
+                                     paab_variant="joint_pa_sta"),
+    "clip_joint_pa_sta": dict(paab_layers=(2,), paab_variant="joint_pa_sta"),
+}
+
+
+def family_model(name):
+  m = ModelConfig(**dict(TINY, video_frames=4), variant="video_only", **FAMILIES[name])
+  model = factory.create_model(m)
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(np.float32),
+                                  factory.param_shapes(model))
+  batch = {k: rng.uniform(size=v.shape).astype(np.float32)
+           for k, v in factory.input_spec(m, 2).items()}
+  batch["frames"] = rng.integers(0, 256, batch["frames"].shape).astype(np.uint8)
+  if "pose_mask" in batch:
+    batch["pose_mask"] = (batch["pose_mask"] > 0.3).astype(np.float32)
+  return m, model, params, batch
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_and_paab_record_through_the_shared_layer(name):
+  m, model, params, batch = family_model(name)
+  fused, _ = model.apply({"params": params}, batch, train=False)
+  recorded, _, attn = visualize.record_attention(model, params, batch)
+  np.testing.assert_allclose(recorded, np.asarray(fused), atol=1e-5, rtol=0)
+  for k, w in attn.items():
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5, err_msg=k)
+  t, n = m.video_frames, m.arch.grid_size ** 2
+  blocks = "blocks" if m.family == "timesformer" else "resblocks"
+  assert attn[f"{blocks}_1/attn/video_spatial"].shape == (2 * t, 1 + n, 1 + n)
+  assert visualize.video_cls_maps(attn, 1, 2).shape == (2, t) + (m.arch.grid_size,) * 2
+  if not m.paab_layers:
+    assert not any(k.startswith("paab") for k in attn)
+    return
+  paab = {k: w for k, w in attn.items() if k.startswith("paab_2/")}
+  want = {"pa_sa": {"paab_2/attn/spatial"},
+          "fact_pa_sta": {"paab_2/attn/spatial", "paab_2/temporal_attn/temporal"},
+          "joint_pa_sta": {"paab_2/attn/joint"}}[m.paab_variant]
+  assert set(paab) == want
+  (block, maps), = visualize.paab_cls_maps(attn, 1, 2, t)
+  assert block == "paab_2" and maps.shape == (2, t) + (m.arch.grid_size,) * 2
+  # Keys outside the pose tokens get no weight (the PAAB mask), CLS-only frames aside.
+  p2d = pgvt.video_pose_maps(m, batch, jax.random.PRNGKey(0))[0]
+  off = np.asarray(p2d).reshape(maps.shape) == 0
+  assert off.any() and np.abs(maps[off]).max() < 1e-6
+
+
+def test_fig2_rows_for_timesformer_with_paab(tmp_path):
+  m, model, params, batch = family_model("timesformer_pa_sa")
+  batch = {k: v[:1] for k, v in batch.items()}
+  _, _, attn = visualize.record_attention(model, params, batch)
+  sk = skeletons.get("coco17")
+  rows = [visualize.input_rows(batch, sk, "input")]
+  rows += visualize.fig2_rows(m, batch, attn, [0, -1], "timesformer", sk)
+  assert [r[0].split("\n")[0] for r in rows] == ["input", "Video Attn", "Video Attn",
+                                                   "PAAB Attn"]
+  path = visualize.save_grid(rows, tmp_path / "fig.png", sk)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  assert np.asarray(Image.open(path)).std() > 10
+
+
 # ------------------------------------------------------------------ command line on real runs
 from tests.predict_fixtures import render_mp4, tiny_config  # noqa: E402  (fixtures: conftest)
 
@@ -142,6 +211,27 @@ def test_cli_fig2_for_pgvt_and_baseline_runs(short_runs, tmp_path):
   one = np.asarray(Image.open(out / "attention_1_video_only.png"))
   # pgvt: input + 4 rows x 2 layers; video_only: input + 1 row x 2 layers -> 12 rows stacked.
   assert fig.shape[0] > 3 * one.shape[0]
+
+
+@pytest.mark.e2e  # two whole (short) trainings from the predict fixtures
+def test_cli_fig2_for_timesformer_and_paab_runs(pose_aware_runs, tmp_path):
+  from pgvt_jax import predict  # pylint: disable=g-import-not-at-top
+  video = tmp_path / "clip.mp4"
+  kp = render_mp4(video, 2, seed=12)
+  np.savez(tmp_path / "clip.npz", keypoint=kp[None], keypoint_score=np.ones((1,) + kp.shape[:2]))
+  runs = [pose_aware_runs["timesformer"], pose_aware_runs["paab"]]
+  out = tmp_path / "figs"
+  rc = visualize.run(["visualize", f"--workdir={runs[0]},{runs[1]}", f"--video={video}",
+                      f"--keypoints={tmp_path / 'clip.npz'}", f"--out={out}"])
+  assert rc == 0
+  assert sorted(p.name for p in out.glob("*.png")) == [
+      "attention_0_video_only.png", "attention_1_video_only.png", "fig2.png"]
+  for run, want in zip(runs, (["Video Attn"], ["Video Attn", "PAAB Attn"])):
+    pred = predict.load(run)
+    batch = {k: v[:1] for k, v in pred.views(pred.load_video(video, tmp_path / "clip.npz")).items()}
+    _, _, attn = visualize.record_attention(pred.model, pred.params, batch)
+    rows = visualize.fig2_rows(pred.model.config, batch, attn, [-1], "run", pred.skeleton)
+    assert [r[0].split("\n")[0] for r in rows] == want
 
 
 def test_cli_records_overlay(synthetic_dir, tmp_path):

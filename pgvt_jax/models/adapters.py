@@ -12,27 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import attention
-from pgvt_jax.models.clip_vit import HeadsDense, attend, exact_gelu
+from pgvt_jax.models import layers
 
 Array = jax.Array
 
 
-def timm_trunc_normal(std: float = 0.02, lower: float = -2.0, upper: float = 2.0):
-  """timm's `trunc_normal_(std=std)`: N(0, std^2) truncated at ABSOLUTE bounds [-2, 2].
-
-  With std 0.02 the bounds sit at +-100 sigma, so the result is a plain N(0, 0.02^2).
-  (`nn.initializers.truncated_normal(0.02)` truncates at +-2 sigma and rescales, which gives
-  std 0.0176, 12% lower.)
-  """
-  def init(key, shape, dtype=jnp.float32):
-    x = jax.random.truncated_normal(key, lower / std, upper / std, shape, jnp.float32)
-    return (x * std).astype(dtype)
-  return init
-
-
 # AIM initialises every new Linear with timm's trunc_normal_(std=.02) and zero bias.
-trunc_normal = timm_trunc_normal(0.02)
+trunc_normal = layers.trunc_normal(0.02)
 
 
 class Adapter(nn.Module):
@@ -48,37 +34,10 @@ class Adapter(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    d = x.shape[-1]
-    h = nn.Dense(int(d * self.ratio), kernel_init=trunc_normal, dtype=self.dtype,
-                 name="D_fc1")(x)
-    h = nn.Dense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 name="D_fc2")(exact_gelu(h))
+    h = layers.mlp(x, int(x.shape[-1] * self.ratio), activation="gelu",
+                   names=("D_fc1", "D_fc2"), kernel_init=trunc_normal,
+                   out_kernel_init=nn.initializers.zeros, dtype=self.dtype)
     return x + h if self.skip else h
-
-
-DROP_PATH_MODES = ("frame", "aim")
-
-
-class DropPath(nn.Module):
-  """Stochastic depth on a residual branch `(B, T, N, D)`, scaled by 1 / keep at train time.
-
-  mode "frame": one keep/drop draw per clip and frame (timm's per-sample DropPath on the
-    (B*T, N, D) frame batch; the stochastic depth of Huang et al. 2016 with frames as samples).
-  mode "aim": one draw per token position n, shared by every clip and frame of the batch.
-    This is what AIM's code does: its blocks hold tokens-first tensors (N, B*T, D), and timm's
-    DropPath draws along the first axis.
-  """
-  rate: float = 0.0
-  mode: str = "frame"
-
-  @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    if self.mode not in DROP_PATH_MODES:
-      raise ValueError(f"config.model.drop_path_mode={self.mode!r}; expected one of "
-                       f"{DROP_PATH_MODES}")
-    dims = (2, 3) if self.mode == "frame" else (0, 1, 3)  # axes sharing one draw
-    return nn.Dropout(self.rate, broadcast_dims=dims, rng_collection="drop_path")(
-        x, deterministic=deterministic)
 
 
 def segment_of_frame(t_high: int, t_low: int) -> np.ndarray:
@@ -121,20 +80,17 @@ class TimeLinear(nn.Module):
     return y + bias.astype(dtype)[:, None, None]
 
 
-def cross_attention(q: Array, k: Array, v: Array, module: nn.Module | None = None,
-                    record: str | None = None, impl: str = "auto") -> Array:
+def cross_attention(module: nn.Module, q: Array, k: Array, v: Array, record: str,
+                    impl: str = "auto") -> Array:
   """Softmax(Q K^T / sqrt(d_k)) V within each frame.
 
-  q `(B, T, Nq, H, d_k)`, k/v `(B, T, Nk, H, d_k)` -> `(B, T, Nq, H, d_k)`. With `module` and
-  `record`, the weights `(B*T, Nq, Nk)` can be recorded (`clip_vit.attend`).
+  q `(B, T, Nq, H, d_k)`, k/v `(B, T, Nk, H, d_k)` -> `(B, T, Nq, H, d_k)`; the weights
+  `(B*T, Nq, Nk)` are recorded as `record` when asked (`layers.attend`).
   """
   b, t = q.shape[:2]
   flat = lambda x: x.reshape((b * t,) + x.shape[2:])
-  if module is None:
-    out = attention.dot_product_attention(flat(q), flat(k), flat(v))
-  else:
-    out = attend(module, flat(q), flat(k), flat(v), record=record, impl=impl)
-  return out.reshape(q.shape)
+  return layers.attend(module, flat(q), flat(k), flat(v), record=record,
+                       impl=impl).reshape(q.shape)
 
 
 class RefiningAdapter(nn.Module):
@@ -162,26 +118,24 @@ class RefiningAdapter(nn.Module):
   def __call__(self, x_p: Array, x_z: Array) -> tuple[Array, Array]:
     d = x_p.shape[-1]
     # HeadsDense: nn.DenseGeneral's params and init, one 2-D matmul (no per-step relayout).
-    proj = lambda name: HeadsDense(d // self.heads, self.heads, kernel_init=trunc_normal,
-                                   dtype=self.dtype, name=name)
-    out = lambda name: HeadsDense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                                  name=name)
+    proj = lambda name: layers.HeadsDense(d // self.heads, self.heads, kernel_init=trunc_normal,
+                                          dtype=self.dtype, name=name)
+    out = lambda name: layers.HeadsDense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                                         name=name)
     # x_hat_P = FC_down(x_P): (B, T_l, N_P, D).
     x_hat = TimeLinear(self.video_frames, kernel_init=fc_down_init, dtype=self.dtype,
                        name="fc_down")(x_p)
     new_p, new_z = x_p, x_z
     if self.refine_pose:
       # Eq. 2 (Q_P, K_Z, V_Z); Eq. 3 top: P^R = x_P + FC_up(W_P^O softmax(Q_P K_Z^T/sqrt(d_k)) V_Z)
-      a = cross_attention(proj("pose_query")(x_hat), proj("video_key")(x_z),
-                          proj("video_value")(x_z), self, "pose_to_video",
-                          self.attention_impl)
+      a = cross_attention(self, proj("pose_query")(x_hat), proj("video_key")(x_z),
+                          proj("video_value")(x_z), "pose_to_video", self.attention_impl)
       a = out("pose_out")(a)  # (B, T_l, N_P, D)
       new_p = x_p + TimeLinear(self.pose_frames, kernel_init=fc_up_init, dtype=self.dtype,
                                name="fc_up")(a)
     if self.refine_video:
       # Eq. 2 (Q_Z, K_P, V_P); Eq. 3 bottom: Z^R = x_Z + W_Z^O softmax(Q_Z K_P^T/sqrt(d_k)) V_P
-      a = cross_attention(proj("video_query")(x_z), proj("pose_key")(x_hat),
-                          proj("pose_value")(x_hat), self, "video_to_pose",
-                          self.attention_impl)
+      a = cross_attention(self, proj("video_query")(x_z), proj("pose_key")(x_hat),
+                          proj("pose_value")(x_hat), "video_to_pose", self.attention_impl)
       new_z = x_z + out("video_out")(a)
     return new_p, new_z

@@ -15,7 +15,7 @@ the matmuls' backward needs anyway) and the float32 log-sum-exp of each row `(B,
 backward recomputes the probabilities from them (FlashAttention's recipe in one block: CLIP's
 sequences are short) at the cost of one more q k^T matmul, ~1% of a ViT block's FLOPs.
 
-Implementations (`config.model.attention_impl` after `clip_vit.resolve_attention_impl`):
+Implementations (`config.model.attention_impl` after `layers.resolve_attention_impl`):
   "xla"        this module's custom-VJP attention (the default on CPU, TPU and GPUs without
                cuDNN flash attention).
   "xla_saved"  `jax.nn.dot_product_attention(implementation="xla")`: the same forward, the
@@ -110,6 +110,13 @@ def _lean_bwd(scale, res, g):
 _lean_attention.defvjp(_lean_fwd, _lean_bwd)
 
 IMPLEMENTATIONS = ("xla", "xla_saved", "cudnn")
+
+
+def attention_weights(q: Array, k: Array, bias: Optional[Array] = None,
+                      mask: Optional[Array] = None) -> Array:
+  """The probabilities `(B, H, Lq, Lk)` float32 the paths below never keep (for figures):
+  softmax of the same logits, q `(B, Lq, H, d)`, k `(B, Lk, H, d)`."""
+  return jax.nn.softmax(_logits(q, k, bias, mask, float(1.0 / np.sqrt(q.shape[-1]))), axis=-1)
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = None,

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pgvt_jax import accelerators
-from pgvt_jax.models import clip_vit, timesformer
-from pgvt_jax.models.adapters import DROP_PATH_MODES
+from pgvt_jax.models import clip_vit, layers, timesformer
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
 
@@ -108,17 +107,17 @@ class ModelConfig:
   refine_heads: Optional[int] = None  # heads of the R-Adapter; None: the backbone's (d_k = 64)
   drop_path: float = 0.2            # stochastic depth, linear 0 -> drop_path over blocks
   drop_path_mode: str = "frame"     # "frame": per clip and frame; "aim": per token position
-                                    # across the batch, as AIM's code (see adapters.DropPath)
+                                    # across the batch, as AIM's code (see layers.DROP_PATH_MODES)
   dropout: float = 0.5              # before the linear head
   dtype: str = "auto"               # compute dtype; params stay float32. "auto": bfloat16 on
                                     # TPU and GPUs >= sm80, else float32 (auto_dtype)
   remat: str = "auto"               # per block: "none" | "full" | "save_dots"
-                                    # (clip_vit.remat_block); True/False read as full/none;
+                                    # (layers.remat_block); True/False read as full/none;
                                     # "auto": the trainer picks what fits (pgvt_jax/fitting.py)
   attention_impl: str = "auto"      # "auto" (cuDNN flash on GPU >= sm80 when possible, else XLA) |
                                     # "xla" (probabilities recomputed in the backward) |
                                     # "xla_saved" (saved: more memory) | "cudnn"
-                                    # (clip_vit.resolve_attention_impl, models/attention.py)
+                                    # (layers.resolve_attention_impl, models/attention.py)
   # PAAB / PAAT (Reilly et al., see docs/models.md "PAAB and PAAT"), on the video stream.
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
   paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
@@ -162,10 +161,10 @@ class ModelConfig:
       fail("dtype", f"expected one of {list(DTYPE_CHOICES)}")
     if isinstance(self.remat, bool):  # configs written before remat policies existed
       object.__setattr__(self, "remat", "full" if self.remat else "none")
-    if self.remat not in clip_vit.REMAT_POLICIES + ("auto",):
-      fail("remat", f"expected one of {list(clip_vit.REMAT_POLICIES) + ['auto']}")
-    if self.attention_impl not in clip_vit.ATTENTION_IMPLS:
-      fail("attention_impl", f"expected one of {list(clip_vit.ATTENTION_IMPLS)}")
+    if self.remat not in layers.REMAT_POLICIES + ("auto",):
+      fail("remat", f"expected one of {list(layers.REMAT_POLICIES) + ['auto']}")
+    if self.attention_impl not in layers.ATTENTION_IMPLS:
+      fail("attention_impl", f"expected one of {list(layers.ATTENTION_IMPLS)}")
     for f in ("pixel_mean", "pixel_std"):  # ConfigDicts / JSON give lists: back to tuples
       v = tuple(float(x) for x in (getattr(self, f) or ()))
       object.__setattr__(self, f, v)
@@ -175,8 +174,8 @@ class ModelConfig:
       fail("adapter_ratio", "expected 0 < ratio <= 4")
     if not 0 <= self.drop_path < 1:
       fail("drop_path", "expected 0 <= drop_path < 1")
-    if self.drop_path_mode not in DROP_PATH_MODES:
-      fail("drop_path_mode", f"expected one of {list(DROP_PATH_MODES)}")
+    if self.drop_path_mode not in layers.DROP_PATH_MODES:
+      fail("drop_path_mode", f"expected one of {list(layers.DROP_PATH_MODES)}")
     if not 0 <= self.dropout < 1:
       fail("dropout", "expected 0 <= dropout < 1")
     if self.family == "timesformer":
@@ -281,10 +280,15 @@ class ModelConfig:
     return tuple(self.pixel_mean or mean), tuple(self.pixel_std or std)
 
   @property
+  def arch(self) -> clip_vit.ClipVitConfig | timesformer.TimeSformerConfig:
+    """The backbone's architecture, whatever the family: image_size, patch_size, layers,
+    width, heads, mlp_ratio."""
+    return self.timesformer if self.family == "timesformer" else self.clip
+
+  @property
   def patch_geometry(self) -> tuple[int, int]:
     """(S, p): the backbone's input size and patch size, whatever the family (pose maps)."""
-    arch = self.timesformer if self.family == "timesformer" else self.clip
-    return arch.image_size, arch.patch_size
+    return self.arch.image_size, self.arch.patch_size
 
   @property
   def timesformer(self) -> timesformer.TimeSformerConfig:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pgvt_jax.models import layers
 from pgvt_jax.models import paab as paab_lib
 from pgvt_jax.models import paat as paat_lib
 from pgvt_jax.models import pixels
@@ -103,19 +104,15 @@ class Block(nn.Module):
   ln_eps: float
   drop_path: float = 0.0
 
-  def _drop(self, y: Array, train: bool) -> Array:
-    if not train or not self.drop_path:
-      return y
-    keep = jax.random.bernoulli(self.make_rng("drop_path"), 1.0 - self.drop_path,
-                                (y.shape[0],) + (1,) * (y.ndim - 1))
-    return y * keep / (1.0 - self.drop_path)
-
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     ln = lambda name: nn.LayerNorm(epsilon=self.ln_eps, name=name)
-    x = x + self._drop(paab_lib.MaskedSelfAttention(self.heads, name="attn")(ln("norm1")(x)),
-                       train)
-    return x + self._drop(paab_lib.Mlp(self.mlp_ratio, name="mlp")(ln("norm2")(x)), train)
+    drop = lambda y: layers.drop_path(self, y, self.drop_path, train=train)  # per sample
+    attn = layers.Attention(self.heads, kernel_init=layers.trunc_normal(), name="attn")
+    x = x + drop(attn(ln("norm1")(x), record="spatial"))
+    mlp = layers.Mlp(int(x.shape[-1] * self.mlp_ratio), "gelu",
+                     kernel_init=layers.trunc_normal(), name="mlp")
+    return x + drop(mlp(ln("norm2")(x)))
 
 
 class DeiT(nn.Module):
@@ -139,7 +136,7 @@ class DeiT(nn.Module):
       raise ValueError(f"DeiT: frames {x.shape}, expected (B, {c.image_size}, "
                        f"{c.image_size}, 3)")
     b = x.shape[0]
-    init = paab_lib.trunc_normal_init()
+    init = layers.trunc_normal()
     x = nn.Conv(c.width, (c.patch_size,) * 2, strides=(c.patch_size,) * 2, padding="VALID",
                 kernel_init=init, name="patch_embed")(x)
     x = x.reshape(b, -1, c.width)                                          # (B, N, D) row-major

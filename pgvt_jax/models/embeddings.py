@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import clip_vit
+from pgvt_jax.models import clip_vit, layers
 from pgvt_jax.models.adapters import trunc_normal
-from pgvt_jax.models.clip_vit import exact_gelu
 
 Array = jax.Array
 
@@ -89,7 +88,7 @@ class PoseEmbedding(nn.Module):
       # gets a fan-in-scaled init (LeCun normal, std 1/sqrt(2)) instead.
       h = nn.Dense(self.hidden or d, kernel_init=nn.initializers.lecun_normal(),
                    dtype=self.dtype, name="fc1")(pose)
-      x = nn.Dense(d, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(exact_gelu(h))
+      x = nn.Dense(d, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(layers.exact_gelu(h))
       missing = self.param("missing_embedding", trunc_normal, (d,))
       mask = batch.get("pose_mask")
       if mask is not None:

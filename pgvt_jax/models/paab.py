@@ -13,7 +13,7 @@ init) whose attention is restricted to *pose tokens*, the patches with P^2D = 1 
   joint_pa_sta  joint PA-STA, Eq. 5: [CLS..., all T*N patches] attend, keys masked to CLS + the
                 pose tokens of every frame.
 The mask adds "-inf" to the logits of non-pose keys (the paper's infinity(P^2D - 1) addend,
-realised as a boolean mask in `attention.dot_product_attention`). CLS is always a key, so every
+realised as a boolean key mask of `layers.Attention`). CLS is always a key, so every
 query row has at least one key: a frame without any pose token gives CLS-only attention, never
 NaN. The rows of non-pose queries are computed but discarded: non-pose patch tokens leave the
 block with their input values (Eq. 5/6: alpha = 0 for them; "MLP" included), pose tokens and CLS
@@ -24,6 +24,10 @@ frame keeps its own.
 Parameters (pa_sa / joint_pa_sta: exactly one ViT block, 12 D^2 + 13 D):
   ln_1, attn/{query,key,value,out}, ln_2, mlp/{fc1,fc2}
   fact_pa_sta adds temporal_norm, temporal_attn/{query,key,value,out}, temporal_fc.
+Layers (attention, MLP, stochastic depth, init) are `layers.py`'s. Applied with
+`mutable=["attention"]`, the masked attention is recorded (visualize.py): `attn/spatial`
+`(B*T, 1+N, 1+N)` (PA-SA), `attn/joint` `(B, C+T*N, C+T*N)`, `temporal_attn/temporal`
+`(B*N, T, T)`.
 """
 
 from __future__ import annotations
@@ -34,62 +38,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pgvt_jax.models import attention, clip_vit
+from pgvt_jax.models import layers
 
 Array = jax.Array
 VARIANTS = ("pa_sa", "fact_pa_sta", "joint_pa_sta")
-
-
-def trunc_normal_init(std: float = 0.02, bound: float = 2.0):
-  """timm's `trunc_normal_(std=.02)`: N(0, std^2) truncated at +-`bound` in *absolute* units.
-
-  (flax's `truncated_normal(0.02)` truncates at 2 standard deviations instead.)
-  """
-  def init(key, shape, dtype=jnp.float32):
-    x = jax.random.truncated_normal(key, -bound / std, bound / std, shape, jnp.float32)
-    return (x * std).astype(dtype)
-  return init
-
-
-class MaskedSelfAttention(nn.Module):
-  """Multi-head self-attention over axis -2 with a key mask. `(B', L, D), (B', L) -> (B', L, D)`.
-
-  Params query/key/value `(D, H, D/H)` + bias, out `(H, D/H, D)` + bias (timm's qkv/proj).
-  """
-  num_heads: int
-  dtype: Any = None
-  attention_impl: str = "auto"  # clip_vit.resolve_attention_impl ("auto": XLA when masked)
-
-  @nn.compact
-  def __call__(self, x: Array, key_mask: Array | None = None) -> Array:
-    d = x.shape[-1]
-    if d % self.num_heads:
-      raise ValueError(f"PAAB: width {d} is not divisible by num_heads={self.num_heads}")
-    # HeadsDense: DenseGeneral's params, one 2-D matmul (no per-step kernel relayout).
-    dense = lambda name: clip_vit.HeadsDense(d // self.num_heads, self.num_heads,
-                                             kernel_init=trunc_normal_init(), dtype=self.dtype,
-                                             name=name)
-    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)   # (B', L, H, hd)
-    mask = None if key_mask is None else key_mask[:, None, None, :]   # (B', 1, 1, L)
-    impl = clip_vit.resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1],
-                                           masked=mask is not None)
-    y = attention.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-    return clip_vit.HeadsDense(d, kernel_init=trunc_normal_init(), dtype=self.dtype,
-                               name="out")(y)
-
-
-class Mlp(nn.Module):
-  """timm's ViT MLP: fc1 (D -> ratio * D), exact GELU, fc2 (-> D)."""
-  ratio: float = 4.0
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    d = x.shape[-1]
-    h = nn.Dense(int(d * self.ratio), kernel_init=trunc_normal_init(), dtype=self.dtype,
-                 name="fc1")(x)
-    return nn.Dense(d, kernel_init=trunc_normal_init(), dtype=self.dtype,
-                    name="fc2")(jax.nn.gelu(h, approximate=False))
 
 
 class PAAB(nn.Module):
@@ -107,23 +59,22 @@ class PAAB(nn.Module):
   def _ln(self, name: str, x: Array) -> Array:
     return nn.LayerNorm(epsilon=self.ln_eps, name=name)(x).astype(self.dtype or x.dtype)
 
-  def _drop(self, train: bool, *xs: Array) -> list[Array]:
+  def _attention(self, name: str) -> layers.Attention:
+    """Query/key/value/out projections, timm's init; `key_mask` = CLS + pose tokens."""
+    return layers.Attention(self.num_heads, kernel_init=layers.trunc_normal(), dtype=self.dtype,
+                            attention_impl=self.attention_impl, name=name)
+
+  def _drop(self, train: bool, *xs: Array) -> tuple[Array, ...]:
     """One keep/drop decision per sample, shared by CLS and patches (timm DropPath)."""
-    if not train or not self.drop_path:
-      return list(xs)
-    b = xs[0].shape[0]
-    keep = jax.random.bernoulli(self.make_rng("drop_path"), 1.0 - self.drop_path, (b,))
-    scale = keep.astype(jnp.float32) / (1.0 - self.drop_path)
-    return [x * scale.reshape((b,) + (1,) * (x.ndim - 1)).astype(x.dtype) for x in xs]
+    return layers.drop_path(self, xs, self.drop_path, train=train)
 
   def temporal(self, patches: Array, train: bool) -> Array:
     """Unmasked temporal attention (Eq. 2 alpha^time) of each patch position over T frames."""
     xt = jnp.swapaxes(patches, 1, 2)                                   # (B, N, T, D)
     b, n, t, d = xt.shape
-    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl,
-                            name="temporal_attn")(
-        self._ln("temporal_norm", xt).reshape(b * n, t, d))
-    y = nn.Dense(d, kernel_init=trunc_normal_init(), dtype=self.dtype, name="temporal_fc")(y)
+    y = self._attention("temporal_attn")(self._ln("temporal_norm", xt).reshape(b * n, t, d),
+                                         record="temporal")
+    y = nn.Dense(d, kernel_init=layers.trunc_normal(), dtype=self.dtype, name="temporal_fc")(y)
     (y,) = self._drop(train, jnp.swapaxes(y.reshape(b, n, t, d), 1, 2))
     return patches + y
 
@@ -137,8 +88,7 @@ class PAAB(nn.Module):
     cls_t = jnp.broadcast_to(cls[:, :, None], (b, t, 1, d))           # C == 1: one copy/frame
     seq = jnp.concatenate([cls_t, patches], axis=2).reshape(b * t, n + 1, d)
     keys = jnp.concatenate([jnp.ones((b, t, 1), bool), pose], axis=2).reshape(b * t, n + 1)
-    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
-        self._ln("ln_1", seq), keys)
+    y = self._attention("attn")(self._ln("ln_1", seq), key_mask=keys, record="spatial")
     y = y.reshape(b, t, n + 1, d)
     y_cls = y[:, :, 0]
     if cls.shape[1] == 1:
@@ -151,8 +101,7 @@ class PAAB(nn.Module):
     c = cls.shape[1]
     seq = jnp.concatenate([cls, patches.reshape(b, t * n, d)], axis=1)
     keys = jnp.concatenate([jnp.ones((b, c), bool), pose.reshape(b, t * n)], axis=1)
-    y = MaskedSelfAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
-        self._ln("ln_1", seq), keys)
+    y = self._attention("attn")(self._ln("ln_1", seq), key_mask=keys, record="joint")
     return y[:, :c], y[:, c:].reshape(b, t, n, d)
 
   @nn.compact
@@ -176,7 +125,8 @@ class PAAB(nn.Module):
     cls, patches = cls + y_cls, patches + y
     # The block's MLP over CLS and patches together (one set of weights).
     x = jnp.concatenate([cls, patches.reshape(b, t * n, d)], axis=1)
-    x = Mlp(self.mlp_ratio, self.dtype, name="mlp")(self._ln("ln_2", x))
+    x = layers.Mlp(int(d * self.mlp_ratio), "gelu", kernel_init=layers.trunc_normal(),
+                   dtype=self.dtype, name="mlp")(self._ln("ln_2", x))
     y_cls, y = jnp.split(x, [cls.shape[1]], axis=1)
     y_cls, y = self._drop(train, y_cls, y.reshape(b, t, n, d))
     cls, patches = cls + y_cls, patches + y

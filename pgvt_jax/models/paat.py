@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from pgvt_jax.models.paab import trunc_normal_init
+from pgvt_jax.models import layers
 
 Array = jax.Array
 # Top-level param names that exist only for training (the PAAT head).
@@ -40,9 +40,9 @@ class PAATHead(nn.Module):
 
   @nn.compact
   def __call__(self, patches: Array) -> Array:
-    h = nn.Dense(self.hidden, kernel_init=trunc_normal_init(), dtype=self.dtype,
+    h = nn.Dense(self.hidden, kernel_init=layers.trunc_normal(), dtype=self.dtype,
                  name="fc1")(patches)
-    logits = nn.Dense(self.num_keypoints, kernel_init=trunc_normal_init(), dtype=self.dtype,
+    logits = nn.Dense(self.num_keypoints, kernel_init=layers.trunc_normal(), dtype=self.dtype,
                       name="fc2")(h)
     return logits.astype(jnp.float32)
 

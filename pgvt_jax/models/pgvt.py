@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import clip_vit, pixels, pose_maps
-from pgvt_jax.models.adapters import Adapter, DropPath, RefiningAdapter
+from pgvt_jax.models import clip_vit, layers, pixels, pose_maps
+from pgvt_jax.models.adapters import Adapter, RefiningAdapter
 from pgvt_jax.models.paab import PAAB
 from pgvt_jax.models.paat import PAATHead
 from pgvt_jax.models.config import ModelConfig
@@ -76,7 +76,7 @@ class PoseVideoBlock(clip_vit.ResidualAttentionBlock):
           refine_pose=s.refine_pose, refine_video=s.refine_video, dtype=self.dtype,
           attention_impl=m.attention_impl)
     # Stochastic depth: per (clip, frame) by default, AIM's per token position as an option.
-    self.drop_path = DropPath(self.drop_path_rate, m.drop_path_mode)
+    self.drop_path = layers.DropPath(self.drop_path_rate, m.drop_path_mode)
 
   def temporal(self, x: Array, adapter: nn.Module, train: bool,
                record: Optional[str] = None) -> Array:
@@ -226,7 +226,7 @@ class PoseVideoTransformer(nn.Module):
     if needs_pose_maps(m, train):
       maps = video_pose_maps(m, batch, self.pose_map_rng(train))
 
-    block = clip_vit.remat_block(PoseVideoBlock, m.remat, static_argnums=(3,))
+    block = layers.remat_block(PoseVideoBlock, m.remat, static_argnums=(3,))
     rates = np.linspace(0.0, m.drop_path, clip.layers)  # AIM/timm: linear in depth
     for i in range(clip.layers):
       p, z = block(clip, dtype=dtype, attention_impl=m.attention_impl, model=m,

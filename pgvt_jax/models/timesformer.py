@@ -30,14 +30,14 @@ Divided block (official `Block.forward`, `attention_type="divided_space_time"`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import attention, clip_vit
+from pgvt_jax.models import layers
 
 Array = jax.Array
 
@@ -106,64 +106,14 @@ def get_config(variant: str, **overrides) -> TimeSformerConfig:
   return PRESETS[variant].replace(**overrides)
 
 
-TRUNC_NORMAL = nn.initializers.truncated_normal(0.02)  # timm trunc_normal_(std=.02), bias 0
+# timm trunc_normal_(std=.02), bias 0: the official `_init_weights` (plain N(0, 0.02^2), see
+# layers.trunc_normal; flax's truncated_normal(0.02) would give std 0.0176).
+TRUNC_NORMAL = layers.trunc_normal(0.02)
 
 
 def layer_norm(name: str) -> nn.LayerNorm:
   """LayerNorm with the official eps; statistics in fp32 even under bf16 compute."""
   return nn.LayerNorm(epsilon=LN_EPS, name=name)
-
-
-def drop_path(module: nn.Module, x: Array, rate: float, batch_dims: int, train: bool) -> Array:
-  """Stochastic depth: one keep/drop draw per index of the first `batch_dims` axes of x.
-
-  The official code draws per row of the batch it runs on: (b h w) rows in the temporal branch,
-  (b t) in the spatial one, b for the MLP; the callers pass those axes.
-  """
-  if not train or rate == 0.0:
-    return x
-  keep = 1.0 - rate
-  shape = x.shape[:batch_dims] + (1,) * (x.ndim - batch_dims)
-  mask = jax.random.bernoulli(module.make_rng("drop_path"), keep, shape)
-  return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv Linear (official `Attention`, qkv_bias=True).
-
-  `(..., L, D) -> (..., L, D)` over the second-to-last axis; `bias` (optional) is added to the
-  logits and broadcasts to `(B', H, L, L)`, B' the flattened leading axes.
-  """
-  heads: int
-  dtype: Any = None
-  attention_impl: str = "auto"  # clip_vit.resolve_attention_impl
-
-  @nn.compact
-  def __call__(self, x: Array, bias: Optional[Array] = None) -> Array:
-    *batch, length, width = x.shape
-    hd = width // self.heads
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=TRUNC_NORMAL, name=name)
-    qkv = dense(3 * width, "qkv")(x.reshape((-1, length, width)))
-    # torch: reshape(B, N, 3, H, hd): q | k | v blocks of the 3D output, heads inside each.
-    qkv = qkv.reshape((-1, length, 3, self.heads, hd))
-    impl = clip_vit.resolve_attention_impl(self.attention_impl, qkv.dtype, hd)
-    y = attention.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias,
-                                        implementation=impl)
-    y = dense(width, "proj")(y.reshape((-1, length, width)))
-    return y.reshape((*batch, length, width))
-
-
-class Mlp(nn.Module):
-  """fc1 (D -> rD), exact GELU (torch nn.GELU), fc2 (rD -> D)."""
-  hidden: int
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    width = x.shape[-1]
-    x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=TRUNC_NORMAL, name="fc1")(x)
-    x = jax.nn.gelu(x, approximate=False)
-    return nn.Dense(width, dtype=self.dtype, kernel_init=TRUNC_NORMAL, name="fc2")(x)
 
 
 class DividedBlock(nn.Module):
@@ -177,14 +127,22 @@ class DividedBlock(nn.Module):
   def setup(self):
     cfg = self.config
     self.temporal_norm1 = layer_norm("temporal_norm1")
-    self.temporal_attn = Attention(cfg.heads, dtype=self.dtype, attention_impl=self.attention_impl)
+    # Official `Attention`: fused qkv with bias, proj; timm init.
+    attention = lambda: layers.Attention(cfg.heads, fused_qkv=True, kernel_init=TRUNC_NORMAL,
+                                         dtype=self.dtype, attention_impl=self.attention_impl)
+    self.temporal_attn = attention()
     zeros = nn.initializers.zeros
     self.temporal_fc = nn.Dense(cfg.width, dtype=self.dtype,
                                 kernel_init=zeros if self.zero_temporal_fc else TRUNC_NORMAL)
     self.norm1 = layer_norm("norm1")
-    self.attn = Attention(cfg.heads, dtype=self.dtype, attention_impl=self.attention_impl)
+    self.attn = attention()
     self.norm2 = layer_norm("norm2")
-    self.mlp = Mlp(cfg.width * cfg.mlp_ratio, dtype=self.dtype)
+    self.mlp = layers.Mlp(cfg.width * cfg.mlp_ratio, "gelu", kernel_init=TRUNC_NORMAL,
+                          dtype=self.dtype)
+
+  def _drop(self, x: Array, train: bool, axes: tuple[int, ...]) -> Array:
+    """The official DropPath draws per row of the batch each branch runs on (`axes`)."""
+    return layers.drop_path(self, x, self.drop_path_rate, train=train, axes=axes)
 
   def _cast(self, x: Array) -> Array:
     return x.astype(self.dtype or x.dtype)
@@ -192,8 +150,8 @@ class DividedBlock(nn.Module):
   def temporal(self, patches: Array, train: bool) -> Array:
     """x + temporal_fc(DropPath(T-Attn(x))): each patch position attends over its T frames."""
     xt = jnp.swapaxes(patches, 1, 2)                                   # (B, N, T, D)
-    res = self.temporal_attn(self._cast(self.temporal_norm1(xt)))
-    res = drop_path(self, res, self.drop_path_rate, 2, train)         # per (b, h, w)
+    res = self.temporal_attn(self._cast(self.temporal_norm1(xt)), record="video_temporal")
+    res = self._drop(res, train, (0, 1))                               # per (b, h, w)
     return patches + self.temporal_fc(jnp.swapaxes(res, 1, 2)).astype(patches.dtype)
 
   def spatial(self, cls: Array, patches: Array, train: bool) -> tuple[Array, Array]:
@@ -201,15 +159,15 @@ class DividedBlock(nn.Module):
     b, t = patches.shape[:2]
     cls_t = jnp.broadcast_to(cls[:, None], (b, t, 1, cls.shape[-1]))
     xs = jnp.concatenate([cls_t, patches], axis=2)                     # (B, T, 1 + N, D)
-    res = self.attn(self._cast(self.norm1(xs)))
-    res = drop_path(self, res, self.drop_path_rate, 2, train).astype(patches.dtype)  # (b, t)
+    res = self.attn(self._cast(self.norm1(xs)), record="video_spatial")
+    res = self._drop(res, train, (0, 1)).astype(patches.dtype)        # per (b, t)
     return cls + res[:, :, 0].mean(axis=1, keepdims=True), patches + res[:, :, 1:]
 
   def feed_forward(self, cls: Array, patches: Array, train: bool) -> tuple[Array, Array]:
     """x + DropPath(MLP(norm2(x))), one draw per clip for CLS and patches alike."""
     b = cls.shape[0]
     flat = jnp.concatenate([cls, patches.reshape((b, -1, patches.shape[-1]))], axis=1)
-    res = drop_path(self, self.mlp(self._cast(self.norm2(flat))), self.drop_path_rate, 1, train)
+    res = self._drop(self.mlp(self._cast(self.norm2(flat))), train, (0,))  # per b
     flat = flat + res.astype(flat.dtype)
     return flat[:, :1], flat[:, 1:].reshape(patches.shape)
 
@@ -231,8 +189,8 @@ class TimeSformer(nn.Module):
   config: TimeSformerConfig
   drop_path: float = 0.0     # stochastic depth, linear 0 -> drop_path over blocks (official 0.1)
   dtype: Any = None
-  remat: str = "none"           # clip_vit.remat_block policy
-  attention_impl: str = "auto"  # clip_vit.resolve_attention_impl
+  remat: str = "none"           # layers.remat_block policy
+  attention_impl: str = "auto"  # layers.resolve_attention_impl
 
   def setup(self):
     cfg = self.config
@@ -243,7 +201,7 @@ class TimeSformer(nn.Module):
     self.time_embed = self.param("time_embed", nn.initializers.zeros, (1, cfg.num_frames,
                                                                         cfg.width))
     rates = np.linspace(0.0, self.drop_path, cfg.layers)  # official dpr: linspace(0, rate, depth)
-    block = clip_vit.remat_block(DividedBlock, self.remat, static_argnums=(3,))
+    block = layers.remat_block(DividedBlock, self.remat, static_argnums=(3,))
     # Official init: temporal_fc zero in every block but the first.
     self.blocks = [block(cfg, drop_path_rate=float(rates[i]), zero_temporal_fc=i > 0,
                          dtype=self.dtype, attention_impl=self.attention_impl,
