@@ -31,8 +31,9 @@ class PAATHead(nn.Module):
   """Eq. 7 before the sigmoid: (z W1 + b1) W2 + b2. `(B, T, N, D) -> (B, T, N, K)` float32.
 
   Two linears without an activation in between (the paper's W1 (D x D_e), W2 (D_e x K),
-  D_e = 256). Both get trunc_normal(.02) weights: zero-initialising both (as the public code
-  does) would leave the backbone without any PAAT gradient at the start.
+  D_e = 256). Both get trunc_normal(.02) weights, as in the public code, whose constructor's
+  zero init is overwritten by its model-wide `_init_weights` (measured std 0.020 in both codes;
+  zero-initialising both would leave the backbone without any PAAT gradient at the start).
   """
   num_keypoints: int
   hidden: int = 256
