@@ -235,6 +235,13 @@ class Planner:
     report.bound = "compute" if compute >= memory else "memory"
     report.clips_per_s = report.global_batch / report.roofline_s
 
+  def set_limit(self, limit_bytes: int) -> None:
+    """Plan for `limit_bytes` per device from now on (e.g. what another job leaves free);
+    compiled reports are kept (a program XLA refused stays refused)."""
+    self.target.limit_bytes = int(limit_bytes)
+    for r in self._cache.values():
+      r.limit_bytes = int(limit_bytes)
+
   def fit(self) -> StepReport:
     """The train step at the config's batch with its "auto" remat/micro-batches decided
     (fitting.choose's order). Raises fitting.DoesNotFit (with `.probes`) when nothing fits."""
