@@ -30,7 +30,7 @@ if __name__ == "__main__":  # before JAX starts: keep XLA:CPU's per-step scratch
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
-from pgvt_jax import checkpointing, cli, config_files, data, train
+from pgvt_jax import checkpointing, cli, config_files, data, fitting, train
 from pgvt_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -71,7 +71,8 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count())
   config = FLAGS.config
   expected = (workdir_lib.ConfigError, workdir_lib.WorkdirLockedError, FloatingPointError,
-              checkpointing.CheckpointIntegrityError, checkpointing.CheckpointRestoreError)
+              checkpointing.CheckpointIntegrityError, checkpointing.CheckpointRestoreError,
+              fitting.DoesNotFit)
   try:
     if FLAGS.mode == "evaluate":
       metrics = train.evaluate(config, FLAGS.workdir)

@@ -230,3 +230,14 @@ def test_trainer_fits_by_splitting_and_decides_again_on_resume(tmp_path, monkeyp
   assert [r["start_step"] for r in runs] == [0, 2]
   assert [r["fit"]["micro_batches"] for r in runs] == [2, 1]  # decided again on resume
   assert all(r["config"]["optim.micro_batches"] == "auto" for r in runs)  # recorded as given
+
+
+@pytest.mark.e2e  # builds the demo records and compiles four probes
+def test_trainer_stops_before_training_when_nothing_fits(tmp_path, monkeypatch):
+  """No memory at all: a DoesNotFit naming the batch and what was tried, no step trained."""
+  monkeypatch.setattr(targets, "_local_limit", lambda device: 1)
+  cfg, wd = _short_run(tmp_path, "nothing_fits", 2)
+  with pytest.raises(fitting.DoesNotFit, match=r"train_batch_size=16.*remat=none.*remat=full"):
+    train.train_and_evaluate(cfg, wd, run_evals=False)
+  assert not os.path.exists(os.path.join(wd, "checkpoints")) or not os.listdir(
+      os.path.join(wd, "checkpoints"))
