@@ -30,7 +30,7 @@ import numpy as np
 from configs import diving48
 from pgvt_jax import fitting, optim, steps
 from pgvt_jax.models import attention as attention_lib
-from pgvt_jax.models import common, pgvt
+from pgvt_jax.models import clip_family, pgvt
 
 
 def _config(args, impl: str, dtype: str):
@@ -45,9 +45,9 @@ def _config(args, impl: str, dtype: str):
 def _step_and_args(config, batch: int, frames_dtype: str, device):
   """The jitted train step and ShapeDtypeStructs of (state, frozen, batch) on `device`."""
   model = pgvt.create_model(config.model)
-  trainable, frozen = common.split_params(pgvt.param_shapes(model))
+  trainable, frozen = clip_family.split_params(pgvt.param_shapes(model))
   schedule = optim.make_schedule(config.optim, 1000, 100)
-  tx = optim.make_optimizer(config.optim, schedule, labels=common.param_labels)
+  tx = optim.make_optimizer(config.optim, schedule, labels=clip_family.param_labels)
   state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
   spec = dict(pgvt.input_spec(config.model, batch),
               label=jax.ShapeDtypeStruct((batch,), jnp.int32))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from pgvt_jax import fitting, optim, steps
-from pgvt_jax.models import common, pgvt
+from pgvt_jax.models import clip_family, pgvt
 from pgvt_jax.tools import flops as flops_lib
 
 
@@ -20,11 +20,11 @@ def jaxpr_flops(config, batch: int, mode: str) -> dict[str, float]:
   both): 2 x the step's jaxpr MACs, from shapes only."""
   model = pgvt.create_model(config.model)
   shapes = pgvt.param_shapes(model)
-  trainable, frozen = common.split_params(shapes) if config.freeze_backbone else (shapes, {})
+  trainable, frozen = clip_family.split_params(shapes) if config.freeze_backbone else (shapes, {})
   out = {}
   if mode in ("train", "both"):
     tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 1000, 100),
-                              labels=common.param_labels if config.freeze_backbone else None)
+                              labels=clip_family.param_labels if config.freeze_backbone else None)
     state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
     spec = {**pgvt.input_spec(config.model, batch),
             "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgvt_jax import cli, config_files, fitting, hardware, optim, partitioning, steps
-from pgvt_jax.models import common, pgvt
+from pgvt_jax.models import clip_family, pgvt
 from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.tools import flops as flops_lib
 
@@ -175,12 +175,12 @@ def setup(config, batch: int):
   init = lambda rng: model.init(rng, pgvt.dummy_batch(model.config))["params"]
   params = jax.jit(init, out_shardings=param_sh)(jax.random.PRNGKey(0))
   if config.freeze_backbone:
-    trainable, frozen = common.split_params(params)
+    trainable, frozen = clip_family.split_params(params)
   else:
     trainable, frozen = params, {}
   schedule = optim.make_schedule(config.optim, 1000, 100)
   tx = optim.make_optimizer(config.optim, schedule,
-                            labels=common.param_labels if config.freeze_backbone else None)
+                            labels=clip_family.param_labels if config.freeze_backbone else None)
   return model, mesh, trainable, frozen, tx, schedule
 
 

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m = c.model
 
   if "paper" in args:
-    m.size, m.image_size, m.num_keypoints = "Ti/16", 224, 4
+    m.backbone, m.image_size, m.joints_per_person = "Ti/16", 224, 4
     c.optim.lr, c.optim.weight_decay, c.optim.grad_clip_norm = 1e-6, 0.0, 10.0
     c.optim.warmup_epochs, c.optim.final_lr_ratio = 0.0, 1.0     # constant lr (torch Adam)
     c.data.train_batch_size = 1
@@ -72,9 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     w.enabled = True
     w.num_train, w.num_test, w.num_views, w.num_frames, w.image_size = 12, 4, 2, 24, 32
     w.data_dir = "~/.cache/pgvt_jax/multiview_cpu"
-    m.size, m.image_size, m.patch_size = "test", 32, 8
-    m.width, m.depth, m.heads, m.paat_hidden = 32, 2, 2, 64
-    m.num_keypoints = w.get_ref("num_links") + 1
+    m.backbone, m.image_size, m.paat_hidden = "micro", 32, 64  # width 32, depth 2, patch 8
+    m.joints_per_person = w.get_ref("num_links") + 1
     c.optim.lr, c.optim.weight_decay, c.optim.grad_clip_norm = 1e-3, 0.0, 10.0
     c.optim.warmup_epochs, c.optim.final_lr_ratio = 0.25, 0.1
     c.data.train_batch_size, c.alignment.frames_per_sample = 2, 6

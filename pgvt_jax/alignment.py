@@ -23,22 +23,27 @@ from absl import logging
 
 from pgvt_jax import alignment_data, checkpointing, losses, metric_writer, optim, partitioning
 from pgvt_jax import steps, tcn
-from pgvt_jax.models import deit
+from pgvt_jax.models import deit_model, factory
+from pgvt_jax.models import config as model_config_lib
 
 MODEL_KEYS = ("frames", "pose", "pose_mask")
 
 
-def create_model(cfg: ml_collections.ConfigDict) -> deit.DeiT:
-  """`config.model` (family "deit") -> the DeiT module (preset size + overrides)."""
-  if cfg.get("family", "deit") != "deit":
-    raise ValueError(f"config.model.family={cfg.family!r}: the alignment task uses 'deit'")
-  over = {k: cfg[k] for k in ("width", "depth", "heads", "patch_size") if cfg.get(k)}
-  return deit.DeiT(deit.get_config(
-      cfg.size, image_size=cfg.image_size, drop_path=cfg.drop_path,
-      num_keypoints=cfg.num_keypoints, paab_layers=tuple(cfg.paab_layers),
-      paab_variant=cfg.paab_variant, pose_map_dilation=cfg.pose_map_dilation,
-      paat_layer=cfg.paat_layer, paat_target=cfg.paat_target, paat_hidden=cfg.paat_hidden,
-      **over))
+def create_model(cfg: ml_collections.ConfigDict) -> deit_model.DeiT:
+  """`config.model` (family "deit", one frame per clip, no head) -> the frame embedder."""
+  m = factory.model_config(cfg)
+  if m.family != "deit" or m.video_frames != 1 or m.num_classes != 0:
+    raise ValueError(f"config.model: the alignment task embeds single frames with family "
+                     f"'deit', video_frames=pose_frames=1, num_classes=0; got family="
+                     f"{m.family!r}, video_frames={m.video_frames}, num_classes={m.num_classes}")
+  return factory.create_model(m)
+
+
+def model_inputs(frames, pose, pose_mask, image_size: int) -> dict:
+  """Frames `(n, S, S, 3)` uint8, pose `(n, J, 2)` pixels, mask `(n, J)` -> the family's batch
+  (models/pose_aware.py convention): n one-frame clips, pose in [0, 1) of the frame."""
+  return {"frames": frames[:, None], "pose": pose[:, None] / np.float32(image_size),
+          "pose_mask": pose_mask[:, None]}
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> str:
@@ -57,8 +62,9 @@ def prepare_data(config: ml_collections.ConfigDict) -> str:
   return config.data.builder_dir
 
 
-def _flat(batch: dict, n: int) -> dict:
-  return {k: batch[k].reshape((n,) + batch[k].shape[3:]) for k in MODEL_KEYS}
+def _flat(batch: dict, n: int, image_size: int) -> dict:
+  flat = [batch[k].reshape((n,) + batch[k].shape[3:]) for k in MODEL_KEYS]
+  return model_inputs(*flat, image_size)
 
 
 def make_train_step(model, tx, config, schedule):
@@ -68,7 +74,8 @@ def make_train_step(model, tx, config, schedule):
 
   def loss_fn(params, batch, rngs):
     b, v, k = batch["frames"].shape[:3]
-    emb, out = model.apply({"params": params}, _flat(batch, b * v * k), train=True, rngs=rngs)
+    inputs = _flat(batch, b * v * k, model.config.arch.image_size)
+    emb, out = model.apply({"params": params}, inputs, train=True, rngs=rngs)
     z = emb.reshape(b, v, k, -1)
     loss, metrics = tcn.time_contrastive_loss(
         z, batch["times"], window=a.window, kind=a.loss, margin=a.margin,
@@ -121,8 +128,9 @@ def embed_episodes(embed_fn, params, episodes, batch_size: int, sharding) -> lis
   out = []
   for ep in episodes:
     v, t = ep.num_views, ep.num_frames
-    inputs = {"frames": ep.frames.reshape((v * t,) + ep.frames.shape[2:]),  # uint8
-              "pose": ep.pose.reshape(v * t, -1, 2), "pose_mask": ep.pose_mask.reshape(v * t, -1)}
+    inputs = model_inputs(ep.frames.reshape((v * t,) + ep.frames.shape[2:]),  # uint8
+                          ep.pose.reshape(v * t, -1, 2), ep.pose_mask.reshape(v * t, -1),
+                          ep.frames.shape[2])
     embs = []
     for s in range(0, v * t, batch_size):
       chunk = {k: x[s:s + batch_size] for k, x in inputs.items()}
@@ -183,16 +191,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   model = create_model(config.model)
   mc = model.config
-  train_eps = alignment_data.load_episodes(builder_dir, config.data.train_split, mc.image_size,
-                                           mc.num_keypoints)
-  eval_eps = alignment_data.load_episodes(builder_dir, config.data.eval_split, mc.image_size,
-                                          mc.num_keypoints)
+  size = mc.arch.image_size
+  train_eps = alignment_data.load_episodes(builder_dir, config.data.train_split, size,
+                                           mc.num_joints)
+  eval_eps = alignment_data.load_episodes(builder_dir, config.data.eval_split, size,
+                                          mc.num_joints)
   logging.info("Alignment: %d train / %d eval episodes from %s", len(train_eps), len(eval_eps),
                builder_dir)
 
-  shapes = jax.eval_shape(lambda: deit.init_params(model, jax.random.PRNGKey(0)))
+  shapes = factory.param_shapes(model)
   param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
-  init = lambda seed: jax.jit(lambda: deit.init_params(model, jax.random.PRNGKey(seed)),
+  init = lambda seed: jax.jit(lambda: factory.init_params(model, jax.random.PRNGKey(seed)),
                               out_shardings=param_sh)()
   params = init(config.seed)
   total = config.total_steps
@@ -294,10 +303,10 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.aux_losses = ml_collections.ConfigDict()
   c.optim = optim.get_config()
   c.mesh = partitioning.get_config()
-  c.model = ml_collections.ConfigDict(dict(
-      family="deit", size="S/16", image_size=224, width=0, depth=0, heads=0, patch_size=0,
-      drop_path=0.0, num_keypoints=4, paab_layers=(), paab_variant="pa_sa",
-      pose_map_dilation=1, paat_layer=0, paat_target="p3d", paat_hidden=256))
+  # The "deit" family (models/deit_model.py) on one frame, no head: a frame embedder.
+  c.model = model_config_lib.model_config(
+      family="deit", variant="video_only", backbone="S/16", image_size=224, video_frames=1,
+      pose_frames=1, num_classes=0, joints_per_person=4, drop_path=0.0, dropout=0.0)
   c.alignment = ml_collections.ConfigDict(dict(
       loss="triplet", margin=1.0, temperature=0.1, window=2, normalize=False,
       frames_per_sample=8, eval_batch_size=64))

@@ -80,8 +80,11 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
   init = lambda rng: model.init(rng, factory.dummy_batch(model.config))["params"]
   params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
   field, directory = factory.pretrained_dir(config)
+  weights = factory.get_family(model.config).weights
+  if weights is None:  # a family trained from scratch (deit): nothing to load, nothing to warn
+    return params, {"backbone": None, "backbone_sha256": None}
   if not directory:
-    converter = factory.CONVERTER[model.config.family]
+    converter = weights.converter
     logging.warning("config.%s is empty: the backbone is RANDOMLY initialised. Convert "
                     "pretrained weights with `python -m %s` and set --config.%s=... for real "
                     "training.", field, converter, field)

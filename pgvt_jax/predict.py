@@ -35,7 +35,7 @@ import numpy as np
 from data_prep import align, extractors, poses, skeletons, synthetic
 from data_prep import video as video_lib
 from pgvt_jax import checkpointing, data, evaluation, paths, steps
-from pgvt_jax.models import common, pgvt
+from pgvt_jax.models import common, factory
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
@@ -126,15 +126,6 @@ def check_params_fit(saved: dict[str, tuple], expected: dict[str, tuple], where:
   raise PredictError("\n".join(lines))
 
 
-def _factory():
-  """pgvt_jax.models.factory (every model family) where it exists, else the CLIP model."""
-  try:
-    from pgvt_jax.models import factory  # pylint: disable=g-import-not-at-top
-    return factory
-  except ImportError:
-    return pgvt
-
-
 def restore_trainable(config, model, workdir, step: Optional[int] = None):
   """(trainable params, meta, step) of the best checkpoint (else the latest), or `step`.
 
@@ -142,8 +133,8 @@ def restore_trainable(config, model, workdir, step: Optional[int] = None):
   skipped, never moved). The saved params are compared with the ones the config's model has
   before any array is read, so a checkpoint of another variant or class count is named as such.
   """
-  shapes = _factory().param_shapes(model)
-  expected = common.split_params(shapes)[0] if config.freeze_backbone else shapes
+  shapes = factory.param_shapes(model)
+  expected = factory.split_params(model.config, shapes)[0] if config.freeze_backbone else shapes
   try:
     ref = checkpointing.find_step(workdir, step=step)
   except (FileNotFoundError, checkpointing.CheckpointIntegrityError) as e:
@@ -312,9 +303,8 @@ def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
     raise PredictError(f"{workdir}: no such workdir")
   config = load_config(workdir) if config is None else config
   try:
-    if hasattr(_factory(), "configure_data"):  # J; config.data's pixel statistics into the
-      _factory().configure_data(config)        # model, which normalises the uint8 frames
-    model = _factory().create_model(config.model)
+    factory.configure_data(config)  # J; config.data's pixel statistics into the model
+    model = factory.create_model(config.model)
   except (ValueError, TypeError) as e:
     raise PredictError(f"{workdir}/config.json: {e}") from None
   skeleton = skeleton_of(config)
@@ -323,10 +313,10 @@ def load(workdir: str | os.PathLike, *, step: Optional[int] = None,
   params, backbone = experiment.load_params(config, model, None)
   if meta.get("backbone_sha256") != backbone.get("backbone_sha256"):
     raise PredictError(f"{workdir} was trained on backbone {meta.get('backbone')!r}; this "
-                       f"config loads {backbone.get('backbone')!r}. Set config.clip_dir to the "
-                       "original weights.")
+                       f"config loads {backbone.get('backbone')!r}. Set config."
+                       f"{factory.pretrained_dir(config)[0]} to the original weights.")
   if config.freeze_backbone:
-    _, frozen = common.split_params(params)
+    _, frozen = factory.split_params(model.config, params)
   else:
     frozen = {}
   extractor = extractor if extractor is not None else (config.get("pose_extractor") or None)

@@ -33,8 +33,7 @@ def _env(devices: int) -> dict:
 def _start(workdir: Path, data_dir: Path, *extra: str, devices: int = 1) -> subprocess.Popen:
   o = {"synthetic_world.data_dir": data_dir, "synthetic_world.num_train": 4,
        "synthetic_world.num_test": 2, "synthetic_world.num_frames": 12,
-       "synthetic_world.image_size": 32, "model.image_size": 32, "model.width": 32,
-       "model.depth": 1, "model.heads": 2, "model.patch_size": 8,
+       "synthetic_world.image_size": 32, "model.image_size": 32, "model.backbone": "micro",
        "data.train_batch_size": 4, "alignment.eval_batch_size": 8,
        "total_steps": STEPS, "log_every": 1, "checkpoint_every": STEPS,
        "async_checkpoints": False}

@@ -60,7 +60,7 @@ def test_pose_aware_variants_run(variant, tmp_path):
 def test_config_arguments():
   assert alignment_config.get_config("paab").model.paab_layers == (2,)
   paper = alignment_config.get_config("paat,paper")
-  assert paper.model.size == "Ti/16" and paper.model.paat_layer == 1
+  assert paper.model.backbone == "Ti/16" and paper.model.paat_layer == 1
   assert paper.aux_losses.paat == 1.6 and paper.optim.lr == 1e-6
   assert not paper.synthetic_world.enabled
   with pytest.raises(ValueError, match="arguments"):

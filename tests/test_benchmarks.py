@@ -8,7 +8,7 @@ import pytest
 from benchmarks import train_step as bench
 from configs import diving48
 from pgvt_jax import fitting, optim, steps
-from pgvt_jax.models import common, pgvt
+from pgvt_jax.models import clip_family, pgvt
 from pgvt_jax.tools import flops
 
 
@@ -21,12 +21,12 @@ def _step_and_forward_macs(config) -> tuple[int, int]:
   model = pgvt.create_model(config.model)
   shapes = pgvt.param_shapes(model)
   if config.freeze_backbone:
-    trainable, frozen = common.split_params(shapes)
+    trainable, frozen = clip_family.split_params(shapes)
   else:
     trainable, frozen = shapes, {}
   schedule = optim.make_schedule(config.optim, 100, 10)
   tx = optim.make_optimizer(config.optim, schedule,
-                            labels=common.param_labels if config.freeze_backbone else None)
+                            labels=clip_family.param_labels if config.freeze_backbone else None)
   state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
   batch = {**pgvt.input_spec(config.model, 1),
            "label": jax.ShapeDtypeStruct((1,), "int32")}

@@ -17,7 +17,7 @@ from data_prep import synthetic
 from data_prep import skeletons
 from pgvt_jax import data, fitting, optim, steps
 from pgvt_jax import train
-from pgvt_jax.models import common, pgvt
+from pgvt_jax.models import clip_family, pgvt
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -61,9 +61,9 @@ def test_runlocal_config_trains_and_evaluates(module, arg, tmp_path, monkeypatch
 def test_full_size_train_step_shapes(module, arg):
   config = _get_config(module, arg)
   model = pgvt.create_model(config.model)
-  trainable, frozen = common.split_params(pgvt.param_shapes(model))
+  trainable, frozen = clip_family.split_params(pgvt.param_shapes(model))
   schedule = optim.make_schedule(config.optim, 1000, 100)
-  tx = optim.make_optimizer(config.optim, schedule, labels=common.param_labels)
+  tx = optim.make_optimizer(config.optim, schedule, labels=clip_family.param_labels)
   state = jax.eval_shape(lambda p: steps.init_state(p, tx, 0), trainable)
   batch = data.batch_spec(config.data, 17)
   new_state, metrics = jax.eval_shape(steps.make_train_step(model, tx, fitting.fixed(config), schedule),

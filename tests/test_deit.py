@@ -1,5 +1,5 @@
-"""DeiT backbone: parity with `transformers` ViTModel at random init (tiny size, offline), the
-strict converter, and PAAB/PAAT plugged in (image = one-frame video)."""
+"""DeiT backbone (family "deit"): parity with `transformers` ViTModel at random init (tiny size,
+offline), the strict converter, and PAAB/PAAT plugged in (image = one-frame video)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgvt_jax.models import deit
+from pgvt_jax.models import deit, factory
+from pgvt_jax.models.config import ModelConfig
+
+
+def _model_config(**kw) -> ModelConfig:
+  """The alignment task's setting: one frame per clip, no head."""
+  base = dict(family="deit", variant="video_only", backbone="test", video_frames=1,
+              pose_frames=1, num_classes=0, dtype="float32", drop_path=0.0)
+  return ModelConfig(**{**base, **kw})
 
 
 def _hf_model(cfg):
@@ -16,7 +24,7 @@ def _hf_model(cfg):
   torch = pytest.importorskip("torch")
   torch.manual_seed(0)
   hf_cfg = transformers.ViTConfig(
-      hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+      hidden_size=cfg.width, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
       intermediate_size=int(cfg.width * cfg.mlp_ratio), image_size=cfg.image_size,
       patch_size=cfg.patch_size, layer_norm_eps=cfg.ln_eps, hidden_act="gelu",
       qkv_bias=True)
@@ -36,12 +44,13 @@ def test_parity_with_transformers_vit():
   with torch.no_grad():
     ref = model(pixel_values=torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32)
                 ).last_hidden_state[:, 0].numpy()
-  emb, out = deit.DeiT(cfg).apply({"params": params}, {"frames": jnp.asarray(x, jnp.float32)})
-  assert out == {}
+  model = factory.create_model(_model_config())
+  assert model.config.arch == cfg
+  emb, out = model.apply({"params": params}, {"frames": jnp.asarray(x[:, None], jnp.float32)})
+  assert not {"paat_logits", "paat_targets"} & set(out)
   np.testing.assert_allclose(np.asarray(emb), ref, atol=2e-5, rtol=1e-4)
   # The converted tree has exactly the shapes of the model's own init.
-  shapes = jax.eval_shape(lambda: deit.DeiT(cfg).init(jax.random.PRNGKey(0),
-                                                      deit.dummy_batch(cfg))["params"])
+  shapes = factory.param_shapes(model)
   assert jax.tree.structure(shapes) == jax.tree.structure(params)
   jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), shapes, params)
 
@@ -67,13 +76,16 @@ def test_converter_is_strict():
 
 
 def test_paab_and_paat_plug_in():
-  cfg = deit.get_config("test", num_keypoints=3, paab_layers=(2,), paat_layer=1, paat_hidden=16)
-  model = deit.DeiT(cfg)
-  params = deit.init_params(model, jax.random.PRNGKey(0))
+  model = factory.create_model(_model_config(joints_per_person=3, paab_layers=(2,),
+                                             paat_layer=1, paat_hidden=16))
+  cfg = model.config.arch
+  params = factory.init_params(model, jax.random.PRNGKey(0))
   assert {"paab_2", "paat_head"} <= set(params)
-  batch = deit.dummy_batch(cfg, 2)
+  batch = factory.dummy_batch(model.config, 2)
   batch["frames"] = jax.random.normal(jax.random.PRNGKey(1), batch["frames"].shape)
-  batch["pose"] = jnp.array([[[1.0, 1.0], [20.0, 9.0], [31.0, 31.0]]] * 2)
+  batch["pose_mask"] = jnp.ones_like(batch["pose_mask"])
+  # Keypoints in [0, 1) of the frame (models/pose_aware.py): pixels / S.
+  batch["pose"] = jnp.array([[[[1.0, 1.0], [20.0, 9.0], [31.0, 31.0]]]] * 2) / cfg.image_size
   emb, out = model.apply({"params": params}, batch, train=True,
                          rngs={"drop_path": jax.random.PRNGKey(2)})
   grid = cfg.image_size // cfg.patch_size
@@ -86,8 +98,8 @@ def test_paab_and_paat_plug_in():
   # Inference: no PAAT head needed, PAAB changes the embedding, keypoints matter.
   from pgvt_jax.models import paat
   emb_eval, out_eval = model.apply({"params": paat.strip_training_only(params)}, batch)
-  assert out_eval == {}
-  moved = dict(batch, pose=batch["pose"] + 8.0)
+  assert not {"paat_logits", "paat_targets"} & set(out_eval)
+  moved = dict(batch, pose=batch["pose"] + 8.0 / cfg.image_size)
   emb_moved, _ = model.apply({"params": paat.strip_training_only(params)}, moved)
   assert not np.allclose(emb_eval, emb_moved)
   with pytest.raises(ValueError, match="pose"):
@@ -96,6 +108,10 @@ def test_paab_and_paat_plug_in():
 
 def test_config_guards():
   with pytest.raises(ValueError, match="paab_layers"):
-    deit.get_config("test", paab_layers=(3,))
+    _model_config(paab_layers=(3,))
+  with pytest.raises(ValueError, match="num_classes"):
+    _model_config(family="timesformer", backbone="Ti/8")  # only an embedder may have no head
+  with pytest.raises(ValueError, match="drop_path_mode"):
+    _model_config(drop_path_mode="aim")
   with pytest.raises(ValueError, match="unknown DeiT size"):
     deit.get_config("XL")

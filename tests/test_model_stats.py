@@ -54,11 +54,11 @@ def adapter(d):  # AIM adapter: d -> d/4 -> d, biases included
 
 def test_tunable_counts_follow_the_documented_formula():
   """Exact counts (docs/models.md): 5 adapters + 8 dxd linears per PGVT block, etc."""
-  from pgvt_jax.models import common, pgvt
+  from pgvt_jax.models import clip_family, common, pgvt
 
   def stats(**kw):  # param counts only (no FLOPs tracing)
     shapes = pgvt.param_shapes(pgvt.create_model(model_config(**kw)))
-    trainable, frozen = common.split_params(shapes)
+    trainable, frozen = clip_family.split_params(shapes)
     return {"tunable_params": common.count(trainable), "frozen_params": common.count(frozen),
             "total_params": common.count(shapes)}
 
@@ -88,9 +88,9 @@ def test_acceptance_vit_b16_diving48(overrides, paper_tunable_m, tol, paper_gflo
 
 
 def test_acceptance_vit_l14_pgvt_tunable():
-  from pgvt_jax.models import common, pgvt
+  from pgvt_jax.models import clip_family, common, pgvt
   model = pgvt.create_model(model_config(variant="pgvt", backbone="L/14"))
-  trainable, _ = common.split_params(pgvt.param_shapes(model))
+  trainable, _ = clip_family.split_params(pgvt.param_shapes(model))
   assert common.count(trainable) / 1e6 == pytest.approx(265, rel=0.03)
 
 

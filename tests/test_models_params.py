@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from pgvt_jax.models import clip_vit, common, pgvt
+from pgvt_jax.models import clip_family, clip_vit, common, pgvt
 from pgvt_jax.models.config import VARIANTS
 from tests.test_models_variants import random_batch, random_params, tiny
 
@@ -32,25 +32,25 @@ CASES = [(v, "coords") for v in VARIANTS] + [("pose_only", "heatmap"), ("pgvt", 
 def test_every_leaf_labelled_and_frozen_is_exactly_the_used_clip_tower(variant, pose_format):
   m = tiny(variant, pose_format=pose_format)
   shapes = pgvt.param_shapes(pgvt.PoseVideoTransformer(m))
-  labels = common.flatten(common.param_labels(shapes))  # raises on any uncovered leaf
+  labels = common.flatten(clip_family.param_labels(shapes))  # raises on any uncovered leaf
   assert set(labels) == set(common.flatten(shapes))
   frozen = {k for k, lab in labels.items() if lab == common.FROZEN}
   clip_paths = set(common.flatten(clip_params_for(m)))
   trained_clip = {"ln_post/scale", "ln_post/bias"}       # AIM trains ln_post
-  assert frozen == clip_paths - set(common.clip_unused(m)) - trained_clip
+  assert frozen == clip_paths - set(clip_family.clip_unused(m)) - trained_clip
 
 
 def test_uncovered_param_is_an_error():
   with pytest.raises(ValueError, match="resblocks_0/Prompt/kernel"):
-    common.param_labels({"resblocks_0": {"Prompt": {"kernel": np.zeros(2)}},
+    clip_family.param_labels({"resblocks_0": {"Prompt": {"kernel": np.zeros(2)}},
                          "head": {"bias": np.zeros(2)}})
-  assert common.label_of("resblocks_3/R_Adapter/pose_query/kernel") == common.TRAINABLE
-  assert common.label_of("resblocks_3/attn/query/kernel") == common.FROZEN
+  assert clip_family.label_of("resblocks_3/R_Adapter/pose_query/kernel") == common.TRAINABLE
+  assert clip_family.label_of("resblocks_3/attn/query/kernel") == common.FROZEN
 
 
 def test_split_and_merge_are_inverse():
   params = random_params(pgvt.PoseVideoTransformer(tiny("pgvt")))
-  trainable, frozen = common.split_params(params)
+  trainable, frozen = clip_family.split_params(params)
   assert not set(common.flatten(trainable)) & set(common.flatten(frozen))
   back = common.merge_params(trainable, frozen)
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
@@ -62,9 +62,9 @@ def test_load_clip_copies_frozen_resizes_pos_embedding_and_keeps_new_params():
   m = tiny("pgvt")                                   # 24 px: 3x3 grid
   init = random_params(pgvt.PoseVideoTransformer(m), seed=1)
   clip = clip_params_for(m, image_size=32)           # converted at 32 px: 4x4 grid
-  params = common.flatten(common.load_clip(m, init, clip))
+  params = common.flatten(clip_family.load_clip(m, init, clip))
   flat_clip, flat_init = common.flatten(clip), common.flatten(init)
-  for path, label in common.flatten(common.param_labels(init)).items():
+  for path, label in common.flatten(clip_family.param_labels(init)).items():
     if path == "positional_embedding":
       want = clip_vit.resize_pos_embed(flat_clip[path], 3)
     elif path in flat_clip:                          # frozen tower, and ln_post (trainable)
@@ -83,26 +83,27 @@ def test_load_clip_is_strict():
   clip = common.flatten(clip_params_for(m))
   missing = {k: v for k, v in clip.items() if k != "resblocks_1/attn/key/kernel"}
   with pytest.raises(ValueError, match=r"missing.*resblocks_1/attn/key/kernel"):
-    common.load_clip(m, init, common.unflatten(missing))
+    clip_family.load_clip(m, init, common.unflatten(missing))
   with pytest.raises(ValueError, match=r"unexpected.*resblocks_9/ln_1/scale"):
-    common.load_clip(m, init, common.unflatten({**clip, "resblocks_9/ln_1/scale": np.ones(64)}))
+    clip_family.load_clip(m, init,
+                          common.unflatten({**clip, "resblocks_9/ln_1/scale": np.ones(64)}))
   bad = dict(clip, **{"resblocks_0/mlp/c_fc/bias": np.zeros(7, np.float32)})
   with pytest.raises(ValueError, match=r"shape mismatch.*resblocks_0/mlp/c_fc/bias"):
-    common.load_clip(m, init, common.unflatten(bad))
+    clip_family.load_clip(m, init, common.unflatten(bad))
   # The activation is not visible in the weights: the checkpoint's config is checked.
   with pytest.raises(ValueError, match=r"activation.*quick_gelu.*gelu"):
-    common.load_clip(m, init, common.unflatten(clip), m.clip.replace(activation="gelu"))
-  common.load_clip(m.replace(activation="gelu"), init, common.unflatten(clip),
+    clip_family.load_clip(m, init, common.unflatten(clip), m.clip.replace(activation="gelu"))
+  clip_family.load_clip(m.replace(activation="gelu"), init, common.unflatten(clip),
                    m.clip.replace(activation="gelu", image_size=64))
   # pose_only uses no image input layer: CLIP's conv1 etc. are expected, not unexpected.
   m = tiny("pose_only")
-  common.load_clip(m, random_params(pgvt.PoseVideoTransformer(m)), common.unflatten(clip))
+  clip_family.load_clip(m, random_params(pgvt.PoseVideoTransformer(m)), common.unflatten(clip))
 
 
 def test_frozen_params_never_change_under_optax():
   m = tiny("pgvt")
   model = pgvt.PoseVideoTransformer(m)
-  params = common.load_clip(m, random_params(model), clip_params_for(m))
+  params = clip_family.load_clip(m, random_params(model), clip_params_for(m))
   batch = random_batch(m)
   rngs = {"dropout": jax.random.key(0), "drop_path": jax.random.key(1)}
 
@@ -111,7 +112,7 @@ def test_frozen_params_never_change_under_optax():
     return jnp.mean(logits ** 2)
 
   # (a) The trainer's pattern: differentiate and optimise the trainable subtree only.
-  trainable, frozen = common.split_params(params)
+  trainable, frozen = clip_family.split_params(params)
   frozen_before = jax.tree_util.tree_map(np.array, frozen)
   tx = optax.adamw(1e-2, weight_decay=0.05)
 
@@ -128,14 +129,14 @@ def test_frozen_params_never_change_under_optax():
   jax.tree_util.tree_map(np.testing.assert_array_equal, frozen, frozen_before)
   moved = [not np.array_equal(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(trainable),
-      jax.tree_util.tree_leaves(common.split_params(params)[0]))]
+      jax.tree_util.tree_leaves(clip_family.split_params(params)[0]))]
   assert all(moved)
 
   # (b) Whole-tree optimiser: multi_transform with set_to_zero on the frozen labels keeps
   # frozen leaves fixed even when they are handed non-zero gradients (and weight decay).
   tx = optax.multi_transform({common.TRAINABLE: optax.adamw(1e-2, weight_decay=0.05),
                               common.FROZEN: optax.set_to_zero()},
-                             common.param_labels(params))
+                             clip_family.param_labels(params))
   rng = np.random.default_rng(0)
   fake_grads = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(x.dtype), params)
   update = jax.jit(tx.update)
@@ -143,11 +144,11 @@ def test_frozen_params_never_change_under_optax():
   for _ in range(2):
     updates, state = update(fake_grads, state, p)
     p = optax.apply_updates(p, updates)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, common.split_params(p)[1],
+  jax.tree_util.tree_map(np.testing.assert_array_equal, clip_family.split_params(p)[1],
                          frozen_before)
   assert all(not np.array_equal(a, b) for a, b in zip(
-      jax.tree_util.tree_leaves(common.split_params(p)[0]),
-      jax.tree_util.tree_leaves(common.split_params(params)[0])))
+      jax.tree_util.tree_leaves(clip_family.split_params(p)[0]),
+      jax.tree_util.tree_leaves(clip_family.split_params(params)[0])))
 
 
 def test_late_fusion_from_two_single_stream_models_concatenates_their_features():
@@ -157,7 +158,7 @@ def test_late_fusion_from_two_single_stream_models_concatenates_their_features()
   for seed, variant in enumerate(("pose_only", "video_only")):
     m = tiny(variant)
     model = pgvt.PoseVideoTransformer(m)
-    params = common.load_clip(m, random_params(model, seed=seed + 2, std=0.2), clip)
+    params = clip_family.load_clip(m, random_params(model, seed=seed + 2, std=0.2), clip)
     single[variant] = (model, params)
   m = tiny("late_fusion")
   fused_model = pgvt.PoseVideoTransformer(m)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pgvt_jax import losses
-from pgvt_jax.models import common, paat, pgvt
+from pgvt_jax.models import clip_family, common, paat, pgvt, pose_aware
 from pgvt_jax.models.config import ModelConfig, model_config
 from pgvt_jax.models.paab import PAAB
 from tests.test_models_variants import random_batch, random_params
@@ -38,7 +38,7 @@ def test_params_trainable_and_clip_paths_unchanged():
                                                                 paab_variant="fact_pa_sta"),
              dict(paab_layers=(2,), paab_depth=3)):
     shapes = pgvt.param_shapes(pgvt.PoseVideoTransformer(tiny(**kw)))
-    labels = common.flatten(common.param_labels(shapes))   # raises on an uncovered leaf
+    labels = common.flatten(clip_family.param_labels(shapes))   # raises on an uncovered leaf
     new = set(labels) - set(common.flatten(plain))
     assert new and all(p.split("/")[0] in ("paab_1", "paab_2", "paab_2_2", "paab_2_3",
                                            "paat_head") for p in new)
@@ -46,7 +46,7 @@ def test_params_trainable_and_clip_paths_unchanged():
       assert {p.split("/")[0] for p in new} == {"paab_2", "paab_2_2", "paab_2_3"}
     assert all(labels[p] == common.TRAINABLE for p in new)
     # Every param path of the plain model is still there with its label (CLIP paths intact).
-    plain_labels = common.flatten(common.param_labels(plain))
+    plain_labels = common.flatten(clip_family.param_labels(plain))
     assert {p: labels[p] for p in plain_labels} == plain_labels
 
 
@@ -111,7 +111,7 @@ def test_paat_loss_trains_the_backbone_adapters_below_it():
   """The PAAT gradient reaches the trainable params of block 1 (not both linears zero)."""
   m = tiny(paat_layer=1)
   model = pgvt.PoseVideoTransformer(m)
-  trainable, frozen = common.split_params(pgvt.init_params(model, jax.random.key(0)))
+  trainable, frozen = clip_family.split_params(pgvt.init_params(model, jax.random.key(0)))
   batch = batch_for(m)
 
   def aux_only(tr):
@@ -130,16 +130,17 @@ def test_ablation_switches_change_the_maps():
   m = tiny(paat_layer=1)
   batch = batch_for(m)
   key = jax.random.PRNGKey(3)
-  plain = pgvt.video_pose_maps(m, batch, key)
-  np.testing.assert_array_equal(pgvt.video_pose_maps(m.replace(pose_map_noise=0), batch, key)[1],
-                                plain[1])
-  rand = pgvt.video_pose_maps(m.replace(pose_map_random=True), batch, key)
-  noisy = pgvt.video_pose_maps(m.replace(pose_map_noise=8), batch, key)
+  plain = pose_aware.video_pose_maps(m, batch, key)
+  np.testing.assert_array_equal(
+      pose_aware.video_pose_maps(m.replace(pose_map_noise=0), batch, key)[1],
+      plain[1])
+  rand = pose_aware.video_pose_maps(m.replace(pose_map_random=True), batch, key)
+  noisy = pose_aware.video_pose_maps(m.replace(pose_map_noise=8), batch, key)
   for maps in (rand, noisy):
     assert not np.array_equal(maps[1], plain[1])
     # Masked joints stay absent: the count per frame can only shrink (merged/outside).
     assert (np.asarray(maps[1]).sum((2,)) <= np.asarray(plain[1]).sum((2,)) + 2).all()
-  dil = pgvt.video_pose_maps(m.replace(pose_map_dilation=3), batch, key)
+  dil = pose_aware.video_pose_maps(m.replace(pose_map_dilation=3), batch, key)
   assert (np.asarray(dil[0]) >= np.asarray(plain[0])).all() and dil[0].sum() > plain[0].sum()
 
 

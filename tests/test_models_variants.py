@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgvt_jax.models import clip_vit, common, pgvt
+from pgvt_jax.models import clip_family, clip_vit, common, pgvt
 from pgvt_jax.models.config import VARIANTS, ModelConfig, model_config
 
 # Sizes chosen so that both streams have the same token tensor shape (2 frames x 10 tokens):
@@ -54,7 +54,7 @@ def random_params(model, seed=0, std=0.05):
 def grads_of(m: ModelConfig):
   """(logits, grads) of a train-mode cross-entropy, differentiated w.r.t. trainable only."""
   model = pgvt.PoseVideoTransformer(m)
-  trainable, frozen = common.split_params(random_params(model))
+  trainable, frozen = clip_family.split_params(random_params(model))
   batch = random_batch(m)
 
   def loss_fn(trainable, frozen):
@@ -131,7 +131,7 @@ def test_zero_init_video_only_equals_frozen_clip_per_frame():
       jax.eval_shape(clip_model.init, jax.random.key(0), images)["params"])
   want = jax.jit(clip_model.apply)({"params": clip_params}, images)["pooled"]
   model = pgvt.PoseVideoTransformer(m)
-  params = common.load_clip(m, pgvt.init_params(model, jax.random.key(0)), clip_params)
+  params = clip_family.load_clip(m, pgvt.init_params(model, jax.random.key(0)), clip_params)
   _, out = jax.jit(model.apply)({"params": params}, {"frames": frames})
   np.testing.assert_allclose(out["video_cls"].reshape(want.shape), want, atol=1e-5)
 

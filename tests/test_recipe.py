@@ -66,10 +66,10 @@ def _tiny(variant):
 def _save_run(workdir, variant, seed):
   """A finished single-stream run: its trainable params in workdir/checkpoints."""
   from pgvt_jax import checkpointing
-  from pgvt_jax.models import common
+  from pgvt_jax.models import clip_family
   params = pgvt.init_params(pgvt.create_model(_tiny(variant)), jax.random.key(seed))
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(seed), p.shape), params)
-  trainable, _ = common.split_params(params)
+  trainable, _ = clip_family.split_params(params)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   state = {"step": jnp.int32(7), "params": trainable, "opt_state": {},
            "rng": jax.random.PRNGKey(0)}
@@ -191,14 +191,14 @@ def test_k400_test_views_are_dense():
 
 def test_heatmap_rgb_goes_through_frozen_conv1():
   """Table 6 heatmaps as RGB images through CLIP's frozen conv1 (no trainable projection)."""
-  from pgvt_jax.models import common, embeddings
+  from pgvt_jax.models import clip_family, common, embeddings
   pal = embeddings.joint_palette(17)
   assert pal.shape == (17, 3) and len({tuple(c) for c in np.round(pal, 3)}) == 17
   cfg = ModelConfig(variant="pose_only", backbone="Ti/8", image_size=32, pose_frames=2,
                     video_frames=2, num_classes=3, pose_format="heatmap_rgb", heatmap_size=16)
   model = pgvt.create_model(cfg)
   params = pgvt.init_params(model, jax.random.key(0))
-  labels = common.flatten(common.param_labels(params))
+  labels = common.flatten(clip_family.param_labels(params))
   assert labels["conv1/kernel"] == "frozen"
   assert not any("patch_embed" in k for k in labels)
   # Joint 3 alone at full strength in the top-left 8x8 patch of frame 0 of clip 0.

@@ -86,7 +86,8 @@ def test_tiny_parity_hf_dir_and_official_pyth(tmp_path):
   off_out = ct.convert(tmp_path / "ts.pyth", tmp_path / "conv_off", heads=4)
   cfg_h, p_h = ct.load(hf_out)
   cfg_o, p_o = ct.load(off_out)
-  assert cfg_h == cfg_o == timesformer.TimeSformerConfig(64, 2, 4, 8, 32, 4)
+  assert cfg_h == cfg_o == timesformer.TimeSformerConfig(
+      width=64, layers=2, heads=4, patch_size=8, image_size=32, num_frames=4)
   flat_h, flat_o = common.flatten(p_h), common.flatten(p_o)
   assert flat_h.keys() == flat_o.keys()
   for k in flat_h:  # both layouts give identical params

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from benchmarks import torch_aim, torch_step  # noqa: E402  pylint: disable=g-import-not-at-top
 from configs import diving48  # noqa: E402
 from pgvt_jax import losses  # noqa: E402
-from pgvt_jax.models import common, pgvt  # noqa: E402
+from pgvt_jax.models import clip_family, common, pgvt# noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def _to_torch(frames):
 
 def test_same_logits_and_trainable_gradients(tiny):
   model, aim, params, frames, labels = tiny
-  trainable, frozen = common.split_params(params)
+  trainable, frozen = clip_family.split_params(params)
 
   def loss_fn(tr):
     logits, _ = model.apply({"params": common.merge_params(tr, frozen)},
@@ -84,7 +84,7 @@ def _zeros_like(tree):
 def test_freezes_what_pgvt_jax_freezes(tiny):
   _, aim, params, _, _ = tiny
   net = _torch_model(aim, params)
-  trainable, frozen = common.split_params(params)
+  trainable, frozen = clip_family.split_params(params)
   # Map each flax subtree alone (the other zero-filled) and see which torch tensors it fills.
   from_trainable = torch_aim.state_dict_from_flax(
       {**common.flatten(jax.device_get(trainable)), **_zeros_like(frozen)}, aim)

@@ -118,10 +118,12 @@ def test_timesformer_family_uses_its_statistics():
 
 
 def test_deit_normalises_with_imagenet_statistics():
-  cfg = deit.get_config("Ti/16", image_size=32, num_keypoints=4, depth=2)
-  model = deit.DeiT(cfg)
-  params = deit.init_params(model, jax.random.key(0))
-  u8, f32 = _uint8_and_float((2, 32, 32, 3), deit.IMAGENET_MEAN, deit.IMAGENET_STD)
+  m = ModelConfig(family="deit", variant="video_only", backbone="test", video_frames=1,
+                  pose_frames=1, num_classes=0, dtype="float32")
+  assert m.pixel_stats == (deit.IMAGENET_MEAN, deit.IMAGENET_STD)
+  model = factory.create_model(m)
+  params = factory.init_params(model, jax.random.key(0))
+  u8, f32 = _uint8_and_float((2, 1, 32, 32, 3), deit.IMAGENET_MEAN, deit.IMAGENET_STD)
   np.testing.assert_allclose(model.apply({"params": params}, {"frames": u8})[0],
                              model.apply({"params": params}, {"frames": f32})[0], atol=1e-5)
 

@@ -6,7 +6,7 @@ import pytest
 from data_prep import skeletons
 
 from pgvt_jax import visualize
-from pgvt_jax.models import factory, pgvt
+from pgvt_jax.models import factory, pgvt, pose_aware
 from pgvt_jax.models.config import ModelConfig
 from tests.test_models_variants import random_batch  # one random-batch helper
 
@@ -171,7 +171,7 @@ def test_every_family_and_paab_record_through_the_shared_layer(name):
   (block, maps), = visualize.paab_cls_maps(attn, 1, 2, t)
   assert block == "paab_2" and maps.shape == (2, t) + (m.arch.grid_size,) * 2
   # Keys outside the pose tokens get no weight (the PAAB mask), CLS-only frames aside.
-  p2d = pgvt.video_pose_maps(m, batch, jax.random.PRNGKey(0))[0]
+  p2d = pose_aware.video_pose_maps(m, batch, jax.random.PRNGKey(0))[0]
   off = np.asarray(p2d).reshape(maps.shape) == 0
   assert off.any() and np.abs(maps[off]).max() < 1e-6
 

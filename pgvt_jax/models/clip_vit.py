@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import layers
+from pgvt_jax.models import arch, layers
 from pgvt_jax.models.layers import ACTIVATIONS
 
 Array = jax.Array
@@ -39,43 +39,22 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipVitConfig:
-  """Architecture of a CLIP image tower. Heads are width // 64 in every CLIP release."""
-  width: int
-  layers: int
-  patch_size: int
-  image_size: int
+class ClipVitConfig(arch.ViTArch):
+  """Architecture of a CLIP image tower (heads: width // 64 in every CLIP release)."""
   output_dim: Optional[int] = None  # size of `proj`; None: no projection
-  heads: Optional[int] = None       # default width // 64
   activation: str = "quick_gelu"    # "quick_gelu" (OpenAI weights) | "gelu" (exact erf)
   mlp_ratio: int = 4
 
   def __post_init__(self):
-    if self.heads is None:
-      object.__setattr__(self, "heads", max(1, self.width // 64))
-    if self.width % self.heads:
-      raise ValueError(f"ClipVitConfig.width={self.width} not divisible by heads={self.heads}")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"ClipVitConfig.image_size={self.image_size} is not a multiple of "
-                       f"patch_size={self.patch_size}")
+    super().__post_init__()
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"ClipVitConfig.activation={self.activation!r}; expected one of "
                        f"{sorted(ACTIVATIONS)}")
 
   @property
-  def grid_size(self) -> int:
-    return self.image_size // self.patch_size
-
-  @property
   def num_tokens(self) -> int:
     """Tokens per image, CLS included: 1 + (S/p)^2."""
-    return 1 + self.grid_size ** 2
-
-  def replace(self, **kw) -> "ClipVitConfig":
-    return dataclasses.replace(self, **kw)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    return 1 + self.num_patches
 
 
 PRESETS: dict[str, ClipVitConfig] = {
@@ -92,9 +71,7 @@ PRESETS: dict[str, ClipVitConfig] = {
 
 def get_config(variant: str, **overrides) -> ClipVitConfig:
   """`get_config("B/16", activation="gelu")`; unknown names list the presets."""
-  if variant not in PRESETS:
-    raise ValueError(f"Unknown CLIP ViT variant {variant!r}; expected one of {sorted(PRESETS)}")
-  return PRESETS[variant].replace(**overrides)
+  return arch.preset("CLIP ViT variant", PRESETS, variant, **overrides)
 
 
 def layer_norm(name: str, dtype=None) -> nn.LayerNorm:

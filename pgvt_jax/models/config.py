@@ -4,10 +4,13 @@ Experiment configs (configs/*.py) build `config.model` with `model_config(**over
 model is built from the validated, immutable `ModelConfig.from_config(config.model)`. Every error
 names the field as it appears on the command line (`config.model.pose_frames`).
 
-Families (`family`): "clip" (default) is the frozen CLIP tower with AIM adapters and the PGVT
-variants below; "timesformer" is the PAAB/PAAT paper's backbone (divided space-time TimeSformer,
-`models/timesformer.py`), fine-tuned end to end, video only (variant "video_only"); its
-`backbone` names a `timesformer.PRESETS` entry ("B/16", "Ti/8", ...).
+Families (`family`, models/factory.py): "clip" (default) is the frozen CLIP tower with AIM
+adapters and the PGVT variants below; "timesformer" is the PAAB/PAAT paper's backbone (divided
+space-time TimeSformer, `models/timesformer.py`) and "deit" its image backbone run per frame
+(`models/deit_model.py`, the alignment task's with num_classes=0), both trained end to end,
+video only (variant "video_only"). `backbone` names an entry of the family's PRESETS (BACKBONES
+below: "B/16", "L/14", "Ti/8", ...). PAAB / PAAT fields mean the same on every family
+(models/pose_aware.py).
 
 Variants (PGVT Table 4; each is a switch on the same code, see `STREAMS`):
 
@@ -30,7 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from pgvt_jax import accelerators
-from pgvt_jax.models import clip_vit, layers, timesformer
+from pgvt_jax.models import arch as arch_lib
+from pgvt_jax.models import clip_vit, deit, layers, timesformer
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
 
@@ -70,7 +74,13 @@ STREAMS: dict[str, Streams] = {
 }
 VARIANTS = tuple(STREAMS)
 POSE_FORMATS = ("coords", "heatmap", "heatmap_rgb")
-FAMILIES = ("clip", "timesformer")
+# family -> its backbone architecture: presets (config.model.backbone), pixel statistics.
+BACKBONES = {
+    "clip": (clip_vit.PRESETS, (clip_vit.CLIP_MEAN, clip_vit.CLIP_STD)),
+    "timesformer": (timesformer.PRESETS, (timesformer.MEAN, timesformer.STD)),
+    "deit": (deit.PRESETS, (deit.IMAGENET_MEAN, deit.IMAGENET_STD)),
+}
+FAMILIES = tuple(BACKBONES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPE_CHOICES = ("auto",) + tuple(DTYPES)
 
@@ -85,7 +95,7 @@ def auto_dtype(devices=None) -> str:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Validated model hyper-parameters (hashable, so it can be a Flax module field)."""
-  family: str = "clip"              # "clip" | "timesformer" (see the module docstring)
+  family: str = "clip"              # "clip" | "timesformer" | "deit" (module docstring)
   variant: str = "pgvt"
   backbone: str = "B/16"            # family preset: clip_vit "B/16", "L/14", ... or timesformer
                                     # "B/16"; "Ti/8" (tests) in both
@@ -142,11 +152,13 @@ class ModelConfig:
       fail("family", f"expected one of {list(FAMILIES)}")
     if self.variant not in STREAMS:
       fail("variant", f"expected one of {list(VARIANTS)}")
-    presets = clip_vit.PRESETS if self.family == "clip" else timesformer.PRESETS
+    presets = BACKBONES[self.family][0]
     if self.backbone not in presets:
       fail("backbone", f"expected one of {sorted(presets)} for family {self.family!r}")
     for f in ("pose_frames", "video_frames", "num_classes", "joints_per_person", "num_persons",
               "heatmap_size"):
+      if f == "num_classes" and self.family == "deit" and self.num_classes == 0:
+        continue  # no head: an embedding model (the alignment task)
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
         fail(f, "must be a positive integer")
     for f in ("image_size", "heatmap_patch_size", "pose_embed_hidden", "refine_heads"):
@@ -178,8 +190,8 @@ class ModelConfig:
       fail("drop_path_mode", f"expected one of {list(layers.DROP_PATH_MODES)}")
     if not 0 <= self.dropout < 1:
       fail("dropout", "expected 0 <= dropout < 1")
-    if self.family == "timesformer":
-      self._check_timesformer(fail)
+    if self.family != "clip":
+      self._check_video_backbone(fail)
       return
     s = self.streams
     if s.refine and self.pose_frames % self.video_frames:
@@ -201,14 +213,18 @@ class ModelConfig:
       fail("heatmap_patch_size", f"pose_format='heatmap_rgb' patchifies with CLIP's conv1: "
            f"must be None or the backbone's patch size {clip.patch_size}")
 
-  def _check_timesformer(self, fail) -> None:
+  def _check_video_backbone(self, fail) -> None:
+    """Families "timesformer" and "deit": video only, fully trained, exact GELU."""
     if self.variant != "video_only":
-      fail("variant", "family 'timesformer' is a video-only model: set "
+      fail("variant", f"family {self.family!r} is a video-only model: set "
            "config.model.variant='video_only' (PAAB/PAAT are switched on by their own fields)")
     if self.activation not in (None, "gelu"):
-      fail("activation", "TimeSformer uses exact GELU (leave it None)")
+      fail("activation", f"family {self.family!r} uses exact GELU (leave it None)")
+    if self.family == "deit" and self.drop_path_mode != "frame":
+      fail("drop_path_mode", "family 'deit' drops paths per frame (timm DropPath on each "
+           "frame's tokens): expected 'frame'")
     try:
-      layers = self.timesformer.layers
+      layers = self.arch.layers
     except ValueError as e:  # image_size not a multiple of the patch size
       raise ValueError(f"config.model.image_size={self.image_size!r}: {e}") from None
     self._check_pose_aware(fail, layers)
@@ -275,15 +291,19 @@ class ModelConfig:
   def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) uint8 frames are normalised with: pixel_mean/std, else the family's
     (the statistics its pretrained weights were trained with)."""
-    mean, std = ((timesformer.MEAN, timesformer.STD) if self.family == "timesformer"
-                 else (clip_vit.CLIP_MEAN, clip_vit.CLIP_STD))
+    mean, std = BACKBONES[self.family][1]
     return tuple(self.pixel_mean or mean), tuple(self.pixel_std or std)
 
   @property
-  def arch(self) -> clip_vit.ClipVitConfig | timesformer.TimeSformerConfig:
-    """The backbone's architecture, whatever the family: image_size, patch_size, layers,
-    width, heads, mlp_ratio."""
-    return self.timesformer if self.family == "timesformer" else self.clip
+  def arch(self) -> arch_lib.ViTArch:
+    """The backbone's architecture, whatever the family (models/arch.py): image_size,
+    patch_size, layers, width, heads, mlp_ratio."""
+    if self.family == "clip":
+      return self.clip
+    if self.family == "timesformer":
+      return self.timesformer
+    kw = {} if self.image_size is None else {"image_size": self.image_size}
+    return deit.get_config(self.backbone, **kw)
 
   @property
   def patch_geometry(self) -> tuple[int, int]:

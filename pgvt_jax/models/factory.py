@@ -3,15 +3,16 @@ pretrained weights, and the data settings a family implies.
 
     model = factory.create_model(config.model)
     params = factory.init_params(model, jax.random.key(0))
-    params, weights_file = factory.load_pretrained(config, params)   # strict; config.clip_dir /
-                                                                     # config.timesformer_dir
+    params, weights_file = factory.load_pretrained(config, params)   # strict; the family's
+                                                                     # config.<weights field>
     trainable, frozen = factory.split_params(config.model, params)
 
-Families:
+Families (each module defines `FAMILY`, models/family.py; docs/models.md "Adding a backbone"):
   clip         `pgvt.PoseVideoTransformer`: frozen CLIP tower + AIM adapters (PGVT variants);
-               freezing rules in `common`; weights from `config.clip_dir` (convert_clip).
-  timesformer  `timesformer_model.TimeSformerClassifier`: full fine-tuning, every param
-               trainable; weights from `config.timesformer_dir` (convert_timesformer).
+               freezing rules and weights (config.clip_dir) in `clip_family`.
+  timesformer  `timesformer_model.TimeSformerClassifier`: full fine-tuning; weights from
+               config.timesformer_dir (convert_timesformer).
+  deit         `deit_model.DeiT`: a DeiT per frame, trained from scratch (the alignment task).
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from etils import epath
 import jax
 import jax.numpy as jnp
 
-from pgvt_jax import paths
-from pgvt_jax.models import common, pgvt, timesformer_model
+from pgvt_jax.models import clip_family, common, deit_model, family, timesformer_model
 from pgvt_jax.models.config import ModelConfig
 
-# Config field (top level) holding each family's converted weights directory.
-PRETRAINED_FIELD = {"clip": "clip_dir", "timesformer": "timesformer_dir"}
-CONVERTER = {"clip": "pgvt_jax.convert_clip", "timesformer": "pgvt_jax.convert_timesformer"}
+FAMILIES: dict[str, family.Family] = {
+    f.name: f for f in (clip_family.FAMILY, timesformer_model.FAMILY, deit_model.FAMILY)}
 
 
 def model_config(config) -> ModelConfig:
@@ -36,20 +35,21 @@ def model_config(config) -> ModelConfig:
   return ModelConfig.from_config(config)
 
 
+def get_family(config) -> family.Family:
+  """The Family of `config.model` (ConfigDict, dict or ModelConfig)."""
+  return FAMILIES[model_config(config).family]
+
+
 def create_model(config):
   """The Flax module of `config.model`; `model.config` is its ModelConfig."""
   m = model_config(config)
-  if m.family == "timesformer":
-    return timesformer_model.TimeSformerClassifier(m)
-  return pgvt.PoseVideoTransformer(m)
+  return FAMILIES[m.family].create(m)
 
 
 def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
   """The batch the model reads, as ShapeDtypeStructs (for init, eval_shape, FLOPs)."""
   m = model_config(config)
-  if m.family == "timesformer":
-    return timesformer_model.input_spec(m, batch_size)
-  return pgvt.input_spec(m, batch_size)
+  return FAMILIES[m.family].input_spec(m, batch_size)
 
 
 def dummy_batch(config, batch_size: int = 1) -> dict[str, jax.Array]:
@@ -66,46 +66,45 @@ def param_shapes(model) -> dict:
 
 
 # ------------------------------------------------------------------------------- freezing
-def _all_trainable(params: Mapping) -> dict:
-  return jax.tree.map(lambda _: common.TRAINABLE, dict(params))
-
-
 def param_labels(config):
   """A function params -> tree of "trainable"/"frozen" (for optim.make_optimizer)."""
-  if model_config(config).family == "timesformer":
-    return _all_trainable  # full fine-tuning (the PAAB/PAAT paper)
-  return common.param_labels
+  return get_family(config).param_labels
 
 
 def split_params(config, params: Mapping) -> tuple[dict, dict]:
-  """(trainable, frozen) by the family's rules; TimeSformer: (params, {})."""
-  if model_config(config).family == "timesformer":
-    return dict(params), {}
-  return common.split_params(params)
+  """(trainable, frozen) by the family's rules; a fully trained family: (params, {})."""
+  return common.split_by_labels(params, param_labels(config)(params))
 
 
 def check_freezing(config) -> None:
-  """`config.freeze_backbone` must fit the family (TimeSformer has no frozen part)."""
-  if model_config(config.model).family == "timesformer" and config.get("freeze_backbone"):
-    raise ValueError("config.freeze_backbone=True but config.model.family='timesformer' is "
-                     "fine-tuned end to end (the PAAB/PAAT paper): set "
-                     "config.freeze_backbone=False")
+  """`config.freeze_backbone` must fit the family (only a frozen backbone has a frozen part)."""
+  fam = get_family(config.model)
+  if not fam.freezes and config.get("freeze_backbone"):
+    raise ValueError(f"config.freeze_backbone=True but config.model.family={fam.name!r} is "
+                     "trained end to end (every param): set config.freeze_backbone=False")
 
 
 # ------------------------------------------------------------------------------- weights
+def weights_fields() -> dict[str, str]:
+  """family -> the config field of its converted weights (families that load any)."""
+  return {name: f.weights.field for name, f in FAMILIES.items() if f.weights}
+
+
 def pretrained_dir(config) -> tuple[str, str]:
   """(field name, directory) of the converted backbone weights; "" when not set.
 
-  Raises when the other family's field is set (weights for the wrong backbone).
+  Raises when another family's field is set (weights for the wrong backbone).
   """
-  family = model_config(config.model).family
-  for fam, field in PRETRAINED_FIELD.items():
-    if fam != family and config.get(field, ""):
-      raise ValueError(f"config.{field} is set but config.model.family={family!r}; put the "
-                       f"converted weights in config.{PRETRAINED_FIELD[family]} (from "
-                       f"python -m {CONVERTER[family]})")
-  field = PRETRAINED_FIELD[family]
-  return field, config.get(field, "") or ""
+  fam = get_family(config.model)
+  for name, field in weights_fields().items():
+    if name != fam.name and config.get(field, ""):
+      want = (f"put the converted weights in config.{fam.weights.field} (from python -m "
+              f"{fam.weights.converter})" if fam.weights else
+              f"family {fam.name!r} loads no pretrained weights: clear config.{field}")
+      raise ValueError(f"config.{field} is set but config.model.family={fam.name!r}; {want}")
+  if fam.weights is None:
+    return "", ""
+  return fam.weights.field, config.get(fam.weights.field, "") or ""
 
 
 def load_pretrained(config, params: Mapping) -> tuple[dict, epath.Path]:
@@ -113,18 +112,13 @@ def load_pretrained(config, params: Mapping) -> tuple[dict, epath.Path]:
 
   Raises listing every missing / unexpected key, or an architecture mismatch.
   """
+  fam = get_family(config.model)
   field, directory = pretrained_dir(config)
+  if fam.weights is None:
+    raise ValueError(f"config.model.family={fam.name!r} has no pretrained weights to load")
   if not directory:
     raise ValueError(f"config.{field} is empty")
-  if model_config(config.model).family == "timesformer":
-    from pgvt_jax import convert_timesformer  # pylint: disable=g-import-not-at-top
-    ts_cfg, ts_params = convert_timesformer.load(directory)
-    merged = timesformer_model.load_pretrained(config.model, params, ts_cfg, ts_params)
-    return merged, paths.as_path(directory) / convert_timesformer.PARAMS_FILE
-  from pgvt_jax import convert_clip  # pylint: disable=g-import-not-at-top
-  clip_cfg, clip_params = convert_clip.load(directory)
-  merged = common.load_clip(config.model, params, clip_params, clip_cfg)
-  return merged, paths.as_path(directory) / convert_clip.PARAMS_FILE
+  return fam.weights.load(config.model, params, directory)
 
 
 # ------------------------------------------------------------------------------- data

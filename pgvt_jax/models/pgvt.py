@@ -1,7 +1,7 @@
 """PGVT (Pose-Guided Video Transformer) and the AIM baselines, as one configurable Flax model.
 
     model = pgvt.create_model(config.model)
-    params = pgvt.init_params(model, jax.random.key(0))          # then common.load_clip(...)
+    params = pgvt.init_params(model, jax.random.key(0))          # then clip_family.load_clip(...)
     logits, out = model.apply({"params": params}, batch, train=True,
                               rngs={"dropout": k1, "drop_path": k2})
 
@@ -19,8 +19,8 @@ Trainable additions per block (resblocks_{i}/...):
   R_Adapter                                        Refining Adapter (Eq. 2-3)
 and at the top: temporal_embedding (video), pose_embed/..., ln_post (video), ln_post_pose, head.
 PAAB / PAAT (the second paper, config.model.paab_* / paat_*; video stream): paab_{l} after
-block l (PoseVideoTransformer.pose_aware), paat_head on the patch tokens after block l (train
-mode only); their pose maps come from batch pose / pose_mask (video_pose_maps).
+block l (pose_aware.after_block), paat_head on the patch tokens after block l (train
+mode only); their pose maps come from batch pose / pose_mask (models/pose_aware.py).
 
 Equation -> code: Eq. 1 `PoseVideoBlock.temporal`; Eq. 2-3 `adapters.RefiningAdapter`;
 Eq. 4 `PoseVideoBlock.spatial`; Eq. 5 `PoseVideoBlock.output`; Joint Prediction
@@ -36,10 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import clip_vit, layers, pixels, pose_maps
+from pgvt_jax.models import clip_vit, layers, pixels, pose_aware
 from pgvt_jax.models.adapters import Adapter, RefiningAdapter
-from pgvt_jax.models.paab import PAAB
-from pgvt_jax.models.paat import PAATHead
 from pgvt_jax.models.config import ModelConfig
 from pgvt_jax.models.embeddings import PoseEmbedding
 
@@ -148,44 +146,7 @@ def check_batch(m: ModelConfig, batch: Mapping[str, Any], train: bool = True) ->
   if s.pose and m.pose_format in ("heatmap", "heatmap_rgb"):
     need("pose_heatmap", (m.pose_frames, m.heatmap_size, m.heatmap_size, m.num_joints),
          "config.model.pose_frames, heatmap_size and joints_per_person x num_persons")
-  if needs_pose_maps(m, train):
-    why = ("config.model.paab_layers (pose maps)" if m.paab_layers
-           else "config.model.paat_layer (pose maps as training targets)")
-    need("pose", (m.pose_frames, m.num_joints, 2), "config.model.pose_frames (T_h) and "
-         f"joints_per_person x num_persons (J={m.num_joints})", why)
-    need("pose_mask", (m.pose_frames, m.num_joints), "config.model.pose_frames and J", why)
-
-
-def needs_pose_maps(m: ModelConfig, train: bool) -> bool:
-  """PAAB needs the pose maps always, PAAT only in training (inference needs no keypoints)."""
-  return bool(m.paab_layers) or (m.paat_layer > 0 and train)
-
-
-def video_pose_maps(m: ModelConfig, batch: Mapping[str, Array], rng: Array
-                    ) -> tuple[Array, Array]:
-  """P^2D `(B, T_l, N)` and P^3D `(B, T_l, N, j)` of the video frames (PAAB/PAAT Eq. 3-4).
-
-  batch["pose"] is in [0, 1) of the model input (after the pipeline's crop and flip), so the
-  pixel coordinates are pose * S. Pose frames k*i .. k*i+k-1 (k = T_h / T_l) lie in video
-  segment i (data/sampling.py), so a video frame's maps are the union over its k pose frames
-  (k = 1: that frame's own). The Table 2 / Fig. 4 ablations perturb the keypoints here, in
-  training and evaluation alike (they model an unreliable pose source); `rng` draws them.
-  """
-  s, p = m.patch_geometry  # the backbone's (CLIP or TimeSformer) input and patch size
-  kp = batch["pose"].astype(jnp.float32) * s                       # (B, T_h, J, 2) pixels
-  mask = batch["pose_mask"]
-  r_random, r_noise = jax.random.split(rng)
-  if m.pose_map_random:
-    kp = pose_maps.random_keypoints(r_random, kp, s)
-  if m.pose_map_noise:
-    kp = pose_maps.jitter_keypoints(r_noise, kp, m.pose_map_noise)
-  p2d, p3d = pose_maps.pose_maps(kp, mask, image_size=s, patch_size=p,
-                                 dilation=m.pose_map_dilation, num_persons=m.num_persons)
-  b, t_high = p2d.shape[:2]
-  k = t_high // m.video_frames
-  p2d = p2d.reshape((b, m.video_frames, k) + p2d.shape[2:]).max(2)
-  p3d = p3d.reshape((b, m.video_frames, k) + p3d.shape[2:]).max(2)
-  return p2d, p3d
+  pose_aware.check_batch(m, train, need)
 
 
 class PoseVideoTransformer(nn.Module):
@@ -223,15 +184,19 @@ class PoseVideoTransformer(nn.Module):
       p = ln_pre(p).astype(dtype)                                    # (B, T_h, N_P, D)
 
     out, maps = {}, None
-    if needs_pose_maps(m, train):
-      maps = video_pose_maps(m, batch, self.pose_map_rng(train))
+    if pose_aware.needs_maps(m, train):  # PAAB / PAAT (models/pose_aware.py)
+      maps = pose_aware.maps(self, m, batch, train)
 
     block = layers.remat_block(PoseVideoBlock, m.remat, static_argnums=(3,))
     rates = np.linspace(0.0, m.drop_path, clip.layers)  # AIM/timm: linear in depth
     for i in range(clip.layers):
       p, z = block(clip, dtype=dtype, attention_impl=m.attention_impl, model=m,
                    drop_path_rate=float(rates[i]), name=f"resblocks_{i}")(p, z, train)
-      z = self.pose_aware(z, i + 1, maps, float(rates[i]), train, out)
+      if i + 1 in m.paab_layers or i + 1 == m.paat_layer:  # per-frame CLS: C = T_l
+        cls, patches = pose_aware.after_block(
+            m, i + 1, z[:, :, 0], z[:, :, 1:], maps, float(rates[i]), train, out,
+            initializing=self.is_initializing(), ln_eps=clip_vit.LN_EPS)
+        z = jnp.concatenate([cls[:, :, None], patches], axis=2)
 
     # Joint Prediction: per stream, ln_post of each frame's CLS, mean over frames; concatenate.
     feats = []
@@ -246,39 +211,6 @@ class PoseVideoTransformer(nn.Module):
     logits = nn.Dense(m.num_classes, kernel_init=nn.initializers.normal(0.01),
                       name="head")(x)  # AIM's I3DHead: fc_cls std 0.01, bias 0
     return logits, out
-
-  def pose_map_rng(self, train: bool) -> Array:
-    """Keys of the pose-map ablations: the dropout stream in training, fixed in evaluation."""
-    if train and self.has_rng("dropout"):
-      return self.make_rng("dropout")
-    return jax.random.PRNGKey(0)
-
-  def pose_aware(self, z: MaybeArray, layer: int, maps, drop_path: float, train: bool,
-                 out: dict) -> MaybeArray:
-    """PAAB / PAAT after block `layer` (1-indexed) on the video tokens `(B, T_l, 1+N, D)`.
-
-    PAAB gets the per-frame CLS (C = T_l) and the patches; PAAT's head sees the patch tokens
-    and puts its logits and targets into `out` (training only; at init the head is built so
-    the params exist, and inference never calls it).
-    """
-    m = self.config
-    if layer in m.paab_layers:
-      cls, patches = z[:, :, 0], z[:, :, 1:]
-      for j in range(m.paab_depth):  # Table 1c: paab_{l}, paab_{l}_2, ... one after another
-        cls, patches = PAAB(num_heads=m.clip.heads, mlp_ratio=m.clip.mlp_ratio,
-                            variant=m.paab_variant, dtype=m.compute_dtype,
-                            drop_path=drop_path, ln_eps=clip_vit.LN_EPS,
-                            attention_impl=m.attention_impl,
-                            name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
-                                cls, patches, maps[0], train=train)
-      z = jnp.concatenate([cls[:, :, None], patches], axis=2)
-    if layer == m.paat_layer and (train or self.is_initializing()):
-      k = m.joints_per_person if m.paat_target == "p3d" else 1
-      logits = PAATHead(k, m.paat_hidden, dtype=m.compute_dtype, name="paat_head")(z[:, :, 1:])
-      if train:
-        out["paat_logits"] = logits                                  # (B, T_l, N, K)
-        out["paat_targets"] = maps[1] if m.paat_target == "p3d" else maps[0][..., None]
-    return z
 
 
 def create_model(config) -> PoseVideoTransformer:
@@ -299,9 +231,7 @@ def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     spec["pose_mask"] = f32(m.pose_frames, m.num_joints)
   if s.pose and m.pose_format in ("heatmap", "heatmap_rgb"):
     spec["pose_heatmap"] = f32(m.pose_frames, m.heatmap_size, m.heatmap_size, m.num_joints)
-  if m.pose_aware:  # PAAB/PAAT pose maps (PAAT: training only, but init builds its head)
-    spec["pose"] = f32(m.pose_frames, m.num_joints, 2)
-    spec["pose_mask"] = f32(m.pose_frames, m.num_joints)
+  spec.update(pose_aware.input_spec(m, batch_size))  # PAAB / PAAT pose maps
   return spec
 
 
@@ -310,7 +240,7 @@ def dummy_batch(config, batch_size: int = 1) -> dict[str, jax.Array]:
 
 
 def init_params(model: PoseVideoTransformer, rng: jax.Array) -> dict:
-  """Randomly initialised params (CLIP parts random too; see common.load_clip)."""
+  """Randomly initialised params (CLIP parts random too; see clip_family.load_clip)."""
   return jax.jit(model.init)(rng, dummy_batch(model.config))["params"]
 
 

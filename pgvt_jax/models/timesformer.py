@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import layers
+from pgvt_jax.models import arch, layers
 
 Array = jax.Array
 
@@ -49,41 +49,16 @@ STD = (0.225, 0.225, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
-class TimeSformerConfig:
-  """Architecture of a divided space-time TimeSformer."""
-  width: int
-  layers: int
-  heads: int
-  patch_size: int
-  image_size: int
-  num_frames: int
+class TimeSformerConfig(arch.ViTArch):
+  """Architecture of a divided space-time TimeSformer over T = num_frames frames."""
+  num_frames: int = 8
   mlp_ratio: int = 4
 
   def __post_init__(self):
-    for f in ("width", "layers", "heads", "patch_size", "image_size", "num_frames", "mlp_ratio"):
-      if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
-        raise ValueError(f"TimeSformerConfig.{f}={getattr(self, f)!r}: must be a positive int")
-    if self.width % self.heads:
-      raise ValueError(f"TimeSformerConfig.width={self.width} not divisible by "
-                       f"heads={self.heads}")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"TimeSformerConfig.image_size={self.image_size} is not a multiple of "
-                       f"patch_size={self.patch_size}")
-
-  @property
-  def grid_size(self) -> int:
-    return self.image_size // self.patch_size
-
-  @property
-  def num_patches(self) -> int:
-    """N: patch tokens per frame."""
-    return self.grid_size ** 2
-
-  def replace(self, **kw) -> "TimeSformerConfig":
-    return dataclasses.replace(self, **kw)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    super().__post_init__()
+    if not isinstance(self.num_frames, int) or self.num_frames <= 0:
+      raise ValueError(f"TimeSformerConfig.num_frames={self.num_frames!r}: must be a positive "
+                       "int")
 
 
 PRESETS: dict[str, TimeSformerConfig] = {
@@ -100,10 +75,7 @@ PRESETS: dict[str, TimeSformerConfig] = {
 
 def get_config(variant: str, **overrides) -> TimeSformerConfig:
   """`get_config("B/16", num_frames=16)`; unknown names list the presets."""
-  if variant not in PRESETS:
-    raise ValueError(f"Unknown TimeSformer variant {variant!r}; expected one of "
-                     f"{sorted(PRESETS)}")
-  return PRESETS[variant].replace(**overrides)
+  return arch.preset("TimeSformer variant", PRESETS, variant, **overrides)
 
 
 # timm trunc_normal_(std=.02), bias 0: the official `_init_weights` (plain N(0, 0.02^2), see

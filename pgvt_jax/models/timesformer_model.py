@@ -25,10 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from pgvt_jax.models import common, pgvt, pixels, timesformer
+from pgvt_jax import paths
+from pgvt_jax.models import common, family, pixels, pose_aware, timesformer
 from pgvt_jax.models.config import ModelConfig
-from pgvt_jax.models.paab import PAAB
-from pgvt_jax.models.paat import PAATHead
 
 Array = jax.Array
 
@@ -47,12 +46,7 @@ def check_batch(m: ModelConfig, batch: Mapping[str, Any], train: bool = True) ->
 
   need("frames", (ts.num_frames, ts.image_size, ts.image_size, 3),
        "config.model.video_frames and config.model.image_size", "family 'timesformer'")
-  if pgvt.needs_pose_maps(m, train):
-    why = ("config.model.paab_layers (pose maps)" if m.paab_layers
-           else "config.model.paat_layer (pose maps as training targets)")
-    need("pose", (m.pose_frames, m.num_joints, 2), "config.model.pose_frames (T_h) and "
-         f"joints_per_person x num_persons (J={m.num_joints})", why)
-    need("pose_mask", (m.pose_frames, m.num_joints), "config.model.pose_frames and J", why)
+  pose_aware.check_batch(m, train, need)
 
 
 class TimeSformerClassifier(nn.Module):
@@ -71,55 +65,30 @@ class TimeSformerClassifier(nn.Module):
     m, ts = self.config, self.config.timesformer
     check_batch(m, batch, train)
     out, maps = {}, None
-    if pgvt.needs_pose_maps(m, train):  # P2D/P3D of the T video frames (pose_maps.py)
-      rng = (self.make_rng("dropout") if train and self.has_rng("dropout")
-             else jax.random.PRNGKey(0))  # Table 2 / Fig. 4 ablation draws
-      maps = pgvt.video_pose_maps(m, batch, rng)
+    if pose_aware.needs_maps(m, train):  # P2D/P3D of the T video frames (PAAB / PAAT)
+      maps = pose_aware.maps(self, m, batch, train)
     rates = np.linspace(0.0, m.drop_path, ts.layers)
     cls, patches = self.backbone.embed(  # uint8 pixels normalised on the device
         pixels.model_frames(batch["frames"], *m.pixel_stats, m.compute_dtype))
     for i in range(ts.layers):
       cls, patches = self.backbone.block(i, cls, patches, train)
-      cls, patches = self.pose_aware(cls, patches, i + 1, maps, float(rates[i]), train, out)
+      cls, patches = pose_aware.after_block(  # one CLS per clip: C = 1
+          m, i + 1, cls, patches, maps, float(rates[i]), train, out,
+          initializing=self.is_initializing(), ln_eps=timesformer.LN_EPS)
     out["feature"] = self.backbone.norm(cls[:, 0]).astype(jnp.float32)
     # The official head has no dropout before it: config.model.dropout=0.0 for parity.
     x = nn.Dropout(m.dropout)(out["feature"], deterministic=not train)
     logits = nn.Dense(m.num_classes, kernel_init=timesformer.TRUNC_NORMAL, name="head")(x)
     return logits, out
 
-  def pose_aware(self, cls: Array, patches: Array, layer: int, maps, drop_path: float,
-                 train: bool, out: dict) -> tuple[Array, Array]:
-    """PAAB / PAAT after block `layer` (1-indexed): one CLS per clip `(B, 1, D)`, patches
-    `(B, T, N, D)`, the layout the plug-ins are written against (same names as the CLIP
-    family: paab_{l}[_{j}], paat_head)."""
-    m, ts = self.config, self.config.timesformer
-    if layer in m.paab_layers:
-      for j in range(m.paab_depth):  # Table 1c: consecutive PAABs at one position
-        cls, patches = PAAB(num_heads=ts.heads, mlp_ratio=ts.mlp_ratio, variant=m.paab_variant,
-                            dtype=m.compute_dtype, drop_path=drop_path,
-                            attention_impl=m.attention_impl,
-                            ln_eps=timesformer.LN_EPS,
-                            name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
-                                cls, patches, maps[0], train=train)
-    if layer == m.paat_layer and (train or self.is_initializing()):
-      k = m.joints_per_person if m.paat_target == "p3d" else 1
-      logits = PAATHead(k, m.paat_hidden, dtype=m.compute_dtype, name="paat_head")(patches)
-      if train:  # training only: inference needs no keypoints and never runs the head
-        out["paat_logits"] = logits                                    # (B, T, N, K)
-        out["paat_targets"] = maps[1] if m.paat_target == "p3d" else maps[0][..., None]
-    return cls, patches
-
 
 def input_spec(config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
   """frames, plus pose / pose_mask when PAAB or PAAT is on (init builds the PAAT head)."""
   m = ModelConfig.from_config(config)
   ts = m.timesformer
-  f32 = lambda *shape: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
   spec = {"frames": jax.ShapeDtypeStruct(  # uint8 pixels, as the data pipeline sends them
       (batch_size, ts.num_frames, ts.image_size, ts.image_size, 3), jnp.uint8)}
-  if m.pose_aware:
-    spec["pose"] = f32(m.pose_frames, m.num_joints, 2)
-    spec["pose_mask"] = f32(m.pose_frames, m.num_joints)
+  spec.update(pose_aware.input_spec(m, batch_size))
   return spec
 
 
@@ -173,3 +142,19 @@ def load_pretrained(config, init_params: Mapping, ts_config: timesformer.TimeSfo
   if mismatched:
     raise ValueError(f"TimeSformer checkpoint: shape mismatch: {mismatched}")
   return common.unflatten(out)
+
+
+def load(config, init_params: Mapping, directory: str) -> tuple[dict, Any]:
+  """`Weights.load`: a `python -m pgvt_jax.convert_timesformer` directory, merged strictly by
+  `load_pretrained` -> (params, the params file read)."""
+  from pgvt_jax import convert_timesformer  # pylint: disable=g-import-not-at-top  (absl flags)
+  ts_config, ts_params = convert_timesformer.load(directory)
+  merged = load_pretrained(config, init_params, ts_config, ts_params)
+  return merged, paths.as_path(directory) / convert_timesformer.PARAMS_FILE
+
+
+# Full fine-tuning, every param trains (the PAAB/PAAT paper).
+FAMILY = family.Family(
+    name="timesformer", create=TimeSformerClassifier, input_spec=input_spec,
+    weights=family.Weights(field="timesformer_dir", converter="pgvt_jax.convert_timesformer",
+                           load=load))
