@@ -267,8 +267,8 @@ class PoseVideoTransformer(nn.Module):
       for j in range(m.paab_depth):  # Table 1c: paab_{l}, paab_{l}_2, ... one after another
         cls, patches = PAAB(num_heads=m.clip.heads, mlp_ratio=m.clip.mlp_ratio,
                             variant=m.paab_variant, dtype=m.compute_dtype,
-                            drop_path=drop_path, ln_eps=clip_vit.LN_EPS,
-                            attention_impl=m.attention_impl,
+                            drop_path=drop_path, drop_path_mode=m.paab_drop_path,
+                            ln_eps=clip_vit.LN_EPS, attention_impl=m.attention_impl,
                             name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
                                 cls, patches, maps[0], train=train)
       z = jnp.concatenate([cls[:, :, None], patches], axis=2)

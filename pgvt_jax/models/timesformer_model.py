@@ -97,7 +97,7 @@ class TimeSformerClassifier(nn.Module):
       for j in range(m.paab_depth):  # Table 1c: consecutive PAABs at one position
         cls, patches = PAAB(num_heads=ts.heads, mlp_ratio=ts.mlp_ratio, variant=m.paab_variant,
                             dtype=m.compute_dtype, drop_path=drop_path,
-                            attention_impl=m.attention_impl,
+                            drop_path_mode=m.paab_drop_path, attention_impl=m.attention_impl,
                             ln_eps=timesformer.LN_EPS,
                             name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
                                 cls, patches, maps[0], train=train)
