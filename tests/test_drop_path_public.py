@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from pgvt_jax.models import layers, paab, timesformer
+from pgvt_jax.models import factory, layers, paab, pgvt, timesformer, timesformer_model
 from pgvt_jax.models.config import ModelConfig
 
 KEEP = 0.5
@@ -185,7 +185,6 @@ def test_paab_drop_path_mode_is_validated_and_reaches_the_blocks(monkeypatch):
     ModelConfig(paab_drop_path="frame")
   with pytest.raises(ValueError, match="paab_drop_path='frame'"):
     _run(*_paab_case("pa_sa", "frame", c=1))
-  from pgvt_jax.models import factory, pgvt, timesformer_model  # pylint: disable=g-import-not-at-top
   seen = []
 
   class Spy(paab.PAAB):
