@@ -42,6 +42,7 @@ def _memory_source(layout: str, num_classes: int, n: int = 4) -> data.Source:
     ("nucla", "vit_b16"),             # baseline on CLIP + AIM
     ("smarthome", "paab,vit_b16"),    # PAAB on CLIP + AIM
     ("ntu60", "paat"),                # PAAT on TimeSformer (the default backbone)
+    ("smarthome", "paab,public"),     # the public run's settings (Nesterov, decay all, ...)
 ])
 def test_runlocal_trains_and_evaluates(dataset, arg, tmp_path, monkeypatch):
   config = _get(dataset, f"{arg},runlocal")
