@@ -13,6 +13,11 @@ Arguments (comma-separated after the file name, big_vision style, see configs/co
              the TimeSformer family exists) | vit_b16 (frozen CLIP + AIM adapters) | vit_l14 |
              tiny
   runlocal   tiny backbone (Ti/8), 32 px, 2 steps on CPU
+  public     the public code's run instead of the paper's (dominickrei/PoseAwareVT, see PUBLIC
+             below and docs/models.md "PAAB/PAAT recipe"): 3x3-dilated pose maps, Nesterov SGD,
+             weight decay on every tensor, PAAB stochastic depth as its pose blocks, PAAT
+             lambda 1, PAAB after block 1, batch 64; frames 16 on N-UCLA. Arguments named
+             explicitly (paat_weight=, pose_map_dilation=, paab_layers=) still win.
 Ablations (Table 1, Table 2, Fig. 4, Fig. 9):
   paab_layers=12 | 1+12 | 6 ...   PAAB position(s), 1-indexed, '+'-separated (Table 1a); implies
                                   paab
@@ -21,7 +26,7 @@ Ablations (Table 1, Table 2, Fig. 4, Fig. 9):
   paat_layer=1|6|12               PAAT position (Table 1a); implies paat
   paat_target=p3d|p2d             (Table 1d)
   paat_weight=1.6                 lambda of Eq. 8 (Fig. 9 sweeps 0.3..5)
-  pose_map_dilation=1             k x k dilation of P2D (the public code uses 3)
+  pose_map_dilation=1             k x k dilation of P2D (the public code uses 3; `public`)
   pose_map_random                 Table 2: pose maps from random positions
   pose_map_noise=0                Fig. 4: + a random integer in [0, eps] px per coordinate
 
@@ -30,7 +35,13 @@ The recipe (Reilly et al., Appendix B, and the public configs of dominickrei/Pos
 x0.1 at epochs 11 and 14, no warmup; frames at a fixed rate (TimeSformer's dense sampling at 30
 fps) from a person-centred crop, 224 px crops by TimeSformer's scale jitter (short side
 256-320); test 10 clips x 1 crop, scores combined by max. Where the public configs differ from
-the paper, the paper wins and the dataset's docstring says so.
+the paper, the paper wins and the dataset's docstring says so; `public` takes the public run's.
+Public files checked (commit 5030d19): configs/PAAB_SH_CS.yaml and PAAT_SH_CS.yaml (the only
+configs; NTU / N-UCLA appear in their comments: "16 for NTU and NUCLA" frames, rate 4),
+timesformer/config/defaults.py, timesformer/models/{vit,vit_poseblock,losses}.py,
+timesformer/datasets/smarthome.py, tools/train_net.py, and the optimizer it imports
+(facebookresearch/TimeSformer timesformer/models/optimizer.py; PoseAwareVT's own copy is not in
+the reference index).
 """
 
 from __future__ import annotations
@@ -66,6 +77,28 @@ DATASETS = {
 }
 METHODS = ("baseline", "paab", "paat")
 PAPER_PAAT_WEIGHT = 1.6
+# What the `public` argument sets: the public Smarthome run of dominickrei/PoseAwareVT.
+PUBLIC = dict(
+    # defaults.py DUAL_BRANCH_TIMESFORMER.POSE_INFLATION = 1 (no yaml sets it), passed by
+    # datasets/smarthome.py to keypoints_2_patch_idx(inflation=): one patch each side, 3x3.
+    pose_map_dilation=3,
+    # defaults.py SOLVER.NESTEROV = True (DAMPENING 0), torch.optim.SGD(nesterov=) in
+    # construct_optimizer (TimeSformer timesformer/models/optimizer.py).
+    nesterov=True,
+    # construct_optimizer: every param whose name lacks "bn" gets SOLVER.WEIGHT_DECAY; the
+    # model's no_weight_decay() (pos_embed, cls_token, time_embed) is never called.
+    decay_rule="all",
+    # models/vit_poseblock.py PoseBlockSpatial / PoseBlockSpatioTemporal (models/paab.py).
+    paab_drop_path="public",
+    # models/losses.py PoseAuxLoss.__call__(..., scale=1); tools/train_net.py passes no scale.
+    paat_weight=1.0,
+    # configs/PAAB_SH_CS.yaml EXPERIMENTAL.POSE_BLOCK_POS: [1] (the paper: after block 12).
+    paab_layers=(1,),
+    # PAA{B,T}_SH_CS.yaml TRAIN.BATCH_SIZE and TEST.BATCH_SIZE: 64 (the paper: 32 Smarthome).
+    batch=64,
+    # PAA{B,T}_SH_CS.yaml DATA.NUM_FRAMES: 8 "# 16 for NTU and NUCLA" (the paper: 8 N-UCLA).
+    frames={"smarthome": 8, "ntu60": 16, "nucla": 16},
+)
 
 
 def _model_fields() -> set[str]:
@@ -82,6 +115,7 @@ def parse_adl_arg(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   """The argument string of a daily-living config -> ConfigDict (see the module docstring)."""
   protocols = DATASETS[dataset]["protocols"]
   items = [s.strip() for s in (arg or "").split(",") if s.strip()]
+  named = {item.partition("=")[0] for item in items}
   family = "timesformer" if has_timesformer() else "clip"
   rest = []
   for item in items:
@@ -97,8 +131,8 @@ def parse_adl_arg(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
       protocol=next(iter(protocols)), runlocal=False, paab_layers="", paab_depth=1,
       paab_variant="pa_sa",
       paat_layer=0, paat_target="p3d", paat_weight=PAPER_PAAT_WEIGHT, pose_map_dilation=1,
-      pose_map_random=False, pose_map_noise=0)
-  out.family = family
+      pose_map_random=False, pose_map_noise=0, public=False)
+  out.family, out.dataset = family, dataset
   if family == "timesformer" and not has_timesformer():
     raise ValueError("config argument timesformer: this pgvt_jax has no TimeSformer family "
                      "(config.model.family); use a CLIP backbone (vit_b16)")
@@ -120,12 +154,20 @@ def parse_adl_arg(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   except ValueError:
     raise ValueError(f"config argument paab_layers={out.paab_layers!r}: expected block numbers "
                      "joined by '+', e.g. 12 or 1+12") from None
+  if out.public:  # the public run's values where no argument names the field
+    if "paat_weight" not in named:
+      out.paat_weight = PUBLIC["paat_weight"]
+    if out.method != "baseline" and "pose_map_dilation" not in named:
+      out.pose_map_dilation = PUBLIC["pose_map_dilation"]
+    if out.method == "paab" and not out.paab_layer_list:
+      out.paab_layer_list = PUBLIC["paab_layers"]
   return out
 
 
 def _model(arg, spec, num_classes) -> dict:
   """config.model fields: backbone family and size, frames, joints, PAAB / PAAT."""
-  frames = 4 if arg.runlocal else spec["frames"]
+  frames = (4 if arg.runlocal else PUBLIC["frames"][arg.dataset] if arg.public
+            else spec["frames"])
   model = dict(variant="video_only", num_classes=num_classes, video_frames=frames,
                pose_frames=frames, joints_per_person=spec["joints"], num_persons=1,
                image_size=32 if arg.runlocal else 224)
@@ -142,6 +184,8 @@ def _model(arg, spec, num_classes) -> dict:
       model["family"] = "clip"
   if arg.runlocal:
     model["drop_path"] = 0.1
+  if arg.public:
+    model["paab_drop_path"] = PUBLIC["paab_drop_path"]
   depth = _depth(model)
   if arg.method == "paab":
     model["paab_layers"] = arg.paab_layer_list or (depth,)
@@ -219,6 +263,9 @@ def get_adl_config(arg: str | None, dataset: str) -> ml_collections.ConfigDict:
   o.optimizer, o.lr, o.momentum, o.weight_decay = "sgd", 0.005, 0.9, 1e-4
   o.schedule, o.lr_step_epochs, o.lr_step_factor = "steps", (11, 14), 0.1
   o.warmup_epochs = 0.0
+  if arg.public:
+    o.nesterov, o.decay_rule = PUBLIC["nesterov"], PUBLIC["decay_rule"]
+    d.train_batch_size = d.eval_batch_size = PUBLIC["batch"]
   config.num_epochs = 15
   config.eval_every = 0
   config.checkpoint_every = 1000

@@ -8,7 +8,9 @@ configs/adl_common.py.
 
   python -m pgvt_jax.main --config=configs/ntu60.py:paab,protocol=cvs3 --workdir=/tmp/ntu
 
-Paper (Appendix B) and the public PoseAwareVT configs agree: 16 frames at rate 1/4, batch 64.
+Paper (Appendix B) and the public PoseAwareVT configs agree: 16 frames at rate 1/4, batch 64
+(there is no NTU config file; the Smarthome yaml's comments give "16 for NTU", rate 4).
+`:public` takes the public code's other settings (configs/adl_common.py PUBLIC).
 """
 
 from configs import adl_common

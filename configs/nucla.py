@@ -8,7 +8,9 @@ and recipe: configs/adl_common.py.
   python -m pgvt_jax.main --config=configs/nucla.py:paat,protocol=cv3 --workdir=/tmp/nucla
 
 Paper (Appendix B) vs the public PoseAwareVT configs: 8 frames here (the paper) where the
-public configs say 16 for NTU and NUCLA; rate 1/4 and batch 64 in both.
+public configs say 16 for NTU and NUCLA (a comment of the Smarthome yaml; there is no N-UCLA
+config file); rate 1/4 and batch 64 in both. `:public` takes 16 frames and the public code's
+other settings (configs/adl_common.py PUBLIC).
 """
 
 from configs import adl_common

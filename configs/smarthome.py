@@ -6,8 +6,12 @@ joints per person. Records: `python -m data_prep.build --dataset=smarthome --con
 
   python -m pgvt_jax.main --config=configs/smarthome.py:paat,protocol=cv1 --workdir=/tmp/sh
 
-Paper (Appendix B) vs the public config `configs/PAAB_SH_CS.yaml` of dominickrei/PoseAwareVT:
-batch 32 here (the paper) where the public config has 64; 8 frames at rate 1/32 in both.
+Paper (Appendix B) vs the public configs `configs/PAA{B,T}_SH_CS.yaml` of dominickrei/PoseAwareVT
+(the public run): batch 32 here (the paper) where they have 64; PAAB after block 12 here, after
+block 1 there (POSE_BLOCK_POS [1]); 8 frames at rate 1/32 in both. `:public` takes theirs (and
+the code-level differences, configs/adl_common.py PUBLIC):
+
+  python -m pgvt_jax.main --config=configs/smarthome.py:paab,public --workdir=/tmp/sh_public
 """
 
 from configs import adl_common

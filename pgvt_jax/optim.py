@@ -41,7 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   # LayerNorms. ("ln_post" also covers ln_post_pose, as mmcv matches substrings.)
   c.no_decay = AIM_NO_DECAY
   # "aim" (the names above) | "ndim": no decay for leaves with ndim < 2 (biases, norms) and
-  # embedding tables (the param groups of the PAAB/PAAT SGD recipe's torch parity test).
+  # embedding tables (the param groups of the PAAB/PAAT SGD recipe's torch parity test) |
+  # "all": every leaf, as the public PAAB/PAAT run (TimeSformer's `construct_optimizer` puts
+  # every param whose name lacks "bn" in the SOLVER.WEIGHT_DECAY group; the model has none).
   c.decay_rule = "aim"
   # SGD (the PAAB/PAAT recipe, TimeSformer's trainer): momentum, coupled (L2) weight decay as in
   # torch.optim.SGD, applied to the leaves `decay_mask` selects.
@@ -58,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
 AIM_NO_DECAY = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
 
 
-DECAY_RULES = ("aim", "ndim")
+DECAY_RULES = ("aim", "ndim", "all")
 
 
 def no_decay(path: tuple[str, ...], leaf: Any = None, names=AIM_NO_DECAY,
@@ -67,12 +69,15 @@ def no_decay(path: tuple[str, ...], leaf: Any = None, names=AIM_NO_DECAY,
 
   rule "aim": its path contains one of `names` (mmcv custom_keys: substring match).
   rule "ndim": it has fewer than 2 dims (biases, norm scales) or is an embedding table.
+  rule "all": never (every leaf is decayed; `names` is ignored).
   """
+  if rule not in DECAY_RULES:
+    raise ValueError(f"config.optim.decay_rule={rule!r}; expected one of {DECAY_RULES}")
   full = "/".join(path)
+  if rule == "all":
+    return False
   if rule == "ndim":
     return getattr(leaf, "ndim", 0) < 2 or "embedding" in full
-  if rule != "aim":
-    raise ValueError(f"config.optim.decay_rule={rule!r}; expected one of {DECAY_RULES}")
   return any(n in full for n in names)
 
 
@@ -137,6 +142,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   parts = [optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm > 0
            else optax.identity()]
   names, rule = cfg.get("no_decay", AIM_NO_DECAY), cfg.get("decay_rule", "aim")
+  no_decay((), rule=rule)  # a bad rule fails here, not at the first update
   mask = lambda p: decay_mask(p, names, rule)
   if cfg.optimizer == "sgd":
     # torch.optim.SGD: buf = momentum * buf + (g + wd * p); p -= lr * buf.

@@ -42,6 +42,7 @@ def _memory_source(layout: str, num_classes: int, n: int = 4) -> data.Source:
     ("nucla", "vit_b16"),             # baseline on CLIP + AIM
     ("smarthome", "paab,vit_b16"),    # PAAB on CLIP + AIM
     ("ntu60", "paat"),                # PAAT on TimeSformer (the default backbone)
+    ("smarthome", "paab,public"),     # the public run's settings (Nesterov, decay all, ...)
 ])
 def test_runlocal_trains_and_evaluates(dataset, arg, tmp_path, monkeypatch):
   config = _get(dataset, f"{arg},runlocal")
@@ -127,3 +128,49 @@ def test_timesformer_is_the_default_backbone_and_trains_fully():
   assert (c.model.drop_path, c.model.dropout) == (0.1, 0.0)  # TimeSformer's vit_base
   c = _get("nucla", "vit_b16")
   assert c.model.family == "clip" and c.freeze_backbone
+
+
+def _flat(config):
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  return {"/".join(k): (tuple(v) if isinstance(v, list) else v) for k, v in
+          traverse_util.flatten_dict(config.to_dict()).items()}
+
+
+@pytest.mark.parametrize("dataset", ["smarthome", "ntu60", "nucla"])
+def test_public_argument_is_the_public_run_and_changes_nothing_else(dataset):
+  """`public` = dominickrei/PoseAwareVT's run (adl_common.PUBLIC); the default = the paper's."""
+  frames = {"smarthome": 8, "ntu60": 16, "nucla": 8}[dataset]
+  batch = adl_common.DATASETS[dataset]["batch"]
+  for method in ("paab", "paat"):
+    paper, public = _flat(_get(dataset, method)), _flat(_get(dataset, f"{method},public"))
+    # The paper's values stay the default.
+    assert paper["model/pose_map_dilation"] == 1 and paper["model/paab_drop_path"] == "sample"
+    assert not paper["optim/nesterov"] and paper["optim/decay_rule"] == "aim"
+    assert paper["aux_losses/paat"] == (1.6 if method == "paat" else 0.0)
+    assert paper["data/train_batch_size"] == batch and paper["model/video_frames"] == frames
+    # The public run's: 3x3 dilation, Nesterov, decay on every tensor, PAAB drop path as its
+    # pose blocks, lambda 1, PAAB after block 1, batch 64, 16 frames on NTU and N-UCLA.
+    want = {"model/pose_map_dilation": 3, "optim/nesterov": True, "optim/decay_rule": "all",
+            "model/paab_drop_path": "public", "data/train_batch_size": 64,
+            "data/eval_batch_size": 64}
+    if method == "paat":
+      want["aux_losses/paat"] = 1.0
+    else:
+      want["model/paab_layers"] = (1,)
+    if dataset == "nucla":
+      want.update({"model/video_frames": 16, "model/pose_frames": 16, "data/num_frames": 16,
+                   "data/pose_frames": 16})
+    for k, v in want.items():
+      assert public[k] == v, k
+    changed = {k for k in paper if paper[k] != public[k]}
+    assert changed == {k for k in want if paper[k] != want[k]}, changed ^ set(want)
+
+
+def test_public_argument_yields_to_named_arguments_and_baseline():
+  c = _get("smarthome", "paat,public,paat_weight=2.0,pose_map_dilation=5")
+  assert c.aux_losses.paat == 2.0 and c.model.pose_map_dilation == 5 and c.optim.nesterov
+  c = _get("smarthome", "paab,public,paab_layers=12")
+  assert tuple(c.model.paab_layers) == (12,) and c.model.pose_map_dilation == 3
+  c = _get("smarthome", "public")            # the baseline has no pose maps to dilate
+  assert c.model.pose_map_dilation == 1 and c.optim.decay_rule == "all"
+  assert c.data.train_batch_size == 64 and not tuple(c.model.paab_layers)

@@ -70,3 +70,61 @@ def test_sgd_matches_torch_sgd():
 def test_unknown_optimizer_is_named():
   with pytest.raises(ValueError, match="optimizer='lamb'"):
     optim.make_optimizer(_cfg(optimizer="lamb"), lambda s: 0.1)
+
+
+def test_decay_rule_all_decays_every_leaf():
+  """"all" (the public PAAB/PAAT run: TimeSformer's construct_optimizer decays every param
+  whose name lacks "bn") decays every leaf; the default rule ("aim") and "ndim" do not."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  z = lambda *s: np.zeros(s, np.float32)
+  params = {"dense": {"kernel": z(4, 3), "bias": z(3)}, "ln_1": {"scale": z(3), "bias": z(3)},
+            "class_embedding": z(3), "pos_embed": z(1, 5, 3), "cls_token": z(1, 1, 3)}
+  mask = lambda rule: {"/".join(k): v for k, v in traverse_util.flatten_dict(
+      optim.decay_mask(params, rule=rule)).items()}
+  assert all(mask("all").values()) and len(mask("all")) == 7
+  default = mask(optim.get_config().decay_rule)
+  assert not default["ln_1/bias"] and not default["ln_1/scale"]
+  assert not default["class_embedding"] and default["dense/kernel"]
+  ndim = mask("ndim")
+  assert not ndim["dense/bias"] and not ndim["ln_1/scale"] and ndim["dense/kernel"]
+  with pytest.raises(ValueError, match="config.optim.decay_rule='none'"):
+    optim.make_optimizer(_cfg(decay_rule="none"), lambda s: 0.1)
+
+
+def test_public_sgd_nesterov_decay_all_matches_torch():
+  """The public run's optimizer: torch.optim.SGD(nesterov=True, dampening=0, weight_decay on
+  every tensor) (TimeSformer timesformer/models/optimizer.py, SOLVER.NESTEROV=True)."""
+  torch = pytest.importorskip("torch")
+  import optax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  w0 = rng.normal(size=(4, 3)).astype(np.float32)
+  b0 = rng.normal(size=(3,)).astype(np.float32)
+  grads = [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32))
+           for _ in range(6)]
+  cfg = _cfg(lr_step_epochs=(2, 4), nesterov=True, decay_rule="all", weight_decay=0.05)
+  tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 6, 1))
+  params = {"dense": {"kernel": w0, "bias": b0}}
+  state = tx.init(params)
+  for gw, gb in grads:
+    updates, state = tx.update({"dense": {"kernel": gw, "bias": gb}}, state, params)
+    params = optax.apply_updates(params, updates)
+  tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+  opt = torch.optim.SGD([tw, tb], lr=0.005, momentum=0.9, weight_decay=0.05, dampening=0.0,
+                        nesterov=True)
+  lr_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.1)
+  for gw, gb in grads:
+    tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+    opt.step()
+    lr_sched.step()
+  np.testing.assert_allclose(params["dense"]["kernel"], tw.detach().numpy(), rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(params["dense"]["bias"], tb.detach().numpy(), rtol=1e-5, atol=1e-7)
+  # Plain momentum gives other weights: the comparison above can fail.
+  plain = _cfg(lr_step_epochs=(2, 4), decay_rule="all", weight_decay=0.05)
+  tx2 = optim.make_optimizer(plain, optim.make_schedule(plain, 6, 1))
+  p2 = {"dense": {"kernel": w0, "bias": b0}}
+  s2 = tx2.init(p2)
+  for gw, gb in grads:
+    u, s2 = tx2.update({"dense": {"kernel": gw, "bias": gb}}, s2, p2)
+    p2 = optax.apply_updates(p2, u)
+  assert not np.allclose(p2["dense"]["kernel"], tw.detach().numpy(), rtol=1e-5, atol=1e-7)

@@ -35,6 +35,7 @@ import ml_collections
 from pgvt_jax import accelerators
 from pgvt_jax.models import arch as arch_lib
 from pgvt_jax.models import clip_vit, deit, layers, timesformer
+from pgvt_jax.models.paab import DROP_PATH_MODES as PAAB_DROP_PATH_MODES
 from pgvt_jax.models.paab import VARIANTS as PAAB_VARIANTS
 
 
@@ -132,6 +133,8 @@ class ModelConfig:
   paab_layers: tuple[int, ...] = ()  # a PAAB after each of these blocks (1-indexed); () = none
   paab_variant: str = "pa_sa"       # "pa_sa" | "fact_pa_sta" | "joint_pa_sta" (Table 1b)
   paab_depth: int = 1               # consecutive PAABs at each of paab_layers (Table 1c)
+  paab_drop_path: str = "sample"    # PAAB stochastic depth: "sample" (per clip) | "public"
+                                    # (PoseAwareVT's per frame / before temporal_fc; paab.py)
   pose_map_dilation: int = 1        # k x k dilation of P^2D (1 = the paper; public code: 3)
   paat_layer: int = 0               # PAAT head on the patch tokens after block l; 0 = off
   paat_target: str = "p3d"          # "p3d" (which joint) | "p2d" (any joint) (Table 1d)
@@ -244,6 +247,8 @@ class ModelConfig:
       fail("paab_depth", "must be a positive integer")
     if self.paab_variant not in PAAB_VARIANTS:
       fail("paab_variant", f"expected one of {list(PAAB_VARIANTS)}")
+    if self.paab_drop_path not in PAAB_DROP_PATH_MODES:
+      fail("paab_drop_path", f"expected one of {list(PAAB_DROP_PATH_MODES)}")
     if not isinstance(self.paat_layer, int) or not 0 <= self.paat_layer <= layers:
       fail("paat_layer", f"expected 0 (off) or a block number in 1..{layers}")
     if self.paat_target not in ("p3d", "p2d"):

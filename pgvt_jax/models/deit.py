@@ -65,7 +65,7 @@ class Block(nn.Module):
     drop = lambda y: layers.drop_path(self, y, self.drop_path, train=train)  # per sample
     attn = layers.Attention(self.heads, kernel_init=layers.trunc_normal(), dtype=self.dtype,
                             attention_impl=self.attention_impl, name="attn")
-    x = x + drop(attn(cast(ln("norm1")(x)), record="spatial"))
+    x = x + drop(attn(cast(ln("norm1")(x)), record="video_spatial"))  # as every family
     mlp = layers.Mlp(int(x.shape[-1] * self.mlp_ratio), "gelu",
                      kernel_init=layers.trunc_normal(), dtype=self.dtype, name="mlp")
     return x + drop(mlp(cast(ln("norm2")(x))))

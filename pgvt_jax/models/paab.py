@@ -24,6 +24,15 @@ frame keeps its own.
 Parameters (pa_sa / joint_pa_sta: exactly one ViT block, 12 D^2 + 13 D):
   ln_1, attn/{query,key,value,out}, ln_2, mlp/{fc1,fc2}
   fact_pa_sta adds temporal_norm, temporal_attn/{query,key,value,out}, temporal_fc.
+Stochastic depth (`drop_path_mode`, config.model.paab_drop_path):
+  sample   one draw per clip for each residual branch; fact_pa_sta drops its temporal branch
+           after temporal_fc (the default).
+  public   as the public code's pose blocks (dominickrei/PoseAwareVT
+           timesformer/models/vit_poseblock.py, timm DropPath = one draw per row of the batch
+           it runs on): the PA-SA branch per (clip, frame) on the per-frame outputs, CLS rows
+           included, before the frame mean; the temporal branch per (clip, patch position) on
+           the attention output, before temporal_fc (so a dropped row still adds its bias);
+           joint PA-STA and the MLP per clip, as `sample`.
 Layers (attention, MLP, stochastic depth, init) are `layers.py`'s. Applied with
 `mutable=["attention"]`, the masked attention is recorded (visualize.py): `attn/spatial`
 `(B*T, 1+N, 1+N)` (PA-SA), `attn/joint` `(B, C+T*N, C+T*N)`, `temporal_attn/temporal`
@@ -42,6 +51,7 @@ from pgvt_jax.models import layers
 
 Array = jax.Array
 VARIANTS = ("pa_sa", "fact_pa_sta", "joint_pa_sta")
+DROP_PATH_MODES = ("sample", "public")
 
 
 class PAAB(nn.Module):
@@ -52,7 +62,8 @@ class PAAB(nn.Module):
   mlp_ratio: float = 4.0
   variant: str = "pa_sa"
   dtype: Any = None
-  drop_path: float = 0.0      # stochastic depth of the two residual branches, per sample
+  drop_path: float = 0.0      # stochastic depth rate of the residual branches
+  drop_path_mode: str = "sample"  # DROP_PATH_MODES, see the module docstring
   ln_eps: float = 1e-6        # timm/TimeSformer's LayerNorm eps (CLIP backbones pass 1e-5)
   attention_impl: str = "auto"  # config.model.attention_impl
 
@@ -74,15 +85,19 @@ class PAAB(nn.Module):
     b, n, t, d = xt.shape
     y = self._attention("temporal_attn")(self._ln("temporal_norm", xt).reshape(b * n, t, d),
                                          record="temporal")
-    y = nn.Dense(d, kernel_init=layers.trunc_normal(), dtype=self.dtype, name="temporal_fc")(y)
-    (y,) = self._drop(train, jnp.swapaxes(y.reshape(b, n, t, d), 1, 2))
+    fc = nn.Dense(d, kernel_init=layers.trunc_normal(), dtype=self.dtype, name="temporal_fc")
+    if self.drop_path_mode == "public":  # per (b, n) row of (B*N, T, D), then temporal_fc
+      y = layers.drop_path(self, y, self.drop_path, train=train, axes=(0,))
+      return patches + jnp.swapaxes(fc(y).reshape(b, n, t, d), 1, 2)
+    (y,) = self._drop(train, jnp.swapaxes(fc(y).reshape(b, n, t, d), 1, 2))
     return patches + y
 
-  def spatial_attention(self, cls: Array, patches: Array, pose: Array) -> tuple[Array, Array]:
+  def spatial_attention(self, cls: Array, patches: Array, pose: Array,
+                        train: bool = False) -> tuple[Array, Array]:
     """Eq. 6 (PA-SA): per frame, [CLS_t, patches_t] with keys masked to CLS + pose tokens.
 
     Returns the attention branch for CLS `(B, C, D)` (averaged over frames when C == 1) and
-    for the patches `(B, T, N, D)`.
+    for the patches `(B, T, N, D)`; drop_path_mode "public" drops it here, per (b, t).
     """
     b, t, n, d = patches.shape
     cls_t = jnp.broadcast_to(cls[:, :, None], (b, t, 1, d))           # C == 1: one copy/frame
@@ -90,6 +105,8 @@ class PAAB(nn.Module):
     keys = jnp.concatenate([jnp.ones((b, t, 1), bool), pose], axis=2).reshape(b * t, n + 1)
     y = self._attention("attn")(self._ln("ln_1", seq), key_mask=keys, record="spatial")
     y = y.reshape(b, t, n + 1, d)
+    if self.drop_path_mode == "public":  # before the CLS mean, as vit_poseblock.py
+      y = layers.drop_path(self, y, self.drop_path, train=train, axes=(0, 1))
     y_cls = y[:, :, 0]
     if cls.shape[1] == 1:
       y_cls = y_cls.mean(1, keepdims=True)
@@ -109,6 +126,9 @@ class PAAB(nn.Module):
                ) -> tuple[Array, Array]:
     if self.variant not in VARIANTS:
       raise ValueError(f"PAAB variant {self.variant!r}; expected one of {list(VARIANTS)}")
+    if self.drop_path_mode not in DROP_PATH_MODES:
+      raise ValueError(f"config.model.paab_drop_path={self.drop_path_mode!r}; expected one of "
+                       f"{list(DROP_PATH_MODES)}")
     b, t, n, d = patches.shape
     if cls.ndim != 3 or cls.shape[0] != b or cls.shape[1] not in (1, t) or cls.shape[2] != d:
       raise ValueError(f"PAAB: cls {cls.shape} must be (B, 1, D) or (B, T, D) for patches "
@@ -119,9 +139,14 @@ class PAAB(nn.Module):
     cls_in, patches_in = cls, patches
     if self.variant == "fact_pa_sta":
       patches = self.temporal(patches, train)
-    attend = self.joint_attention if self.variant == "joint_pa_sta" else self.spatial_attention
-    y_cls, y = attend(cls, patches, pose)                             # Eq. 5 / Eq. 6
-    y_cls, y = self._drop(train, y_cls, y)
+    if self.variant == "joint_pa_sta":
+      y_cls, y = self.joint_attention(cls, patches, pose)             # Eq. 5
+      y_cls, y = self._drop(train, y_cls, y)
+    elif self.drop_path_mode == "public":                             # Eq. 6, dropped per frame
+      y_cls, y = self.spatial_attention(cls, patches, pose, train)
+    else:                                                             # Eq. 6
+      y_cls, y = self.spatial_attention(cls, patches, pose)
+      y_cls, y = self._drop(train, y_cls, y)
     cls, patches = cls + y_cls, patches + y
     # The block's MLP over CLS and patches together (one set of weights).
     x = jnp.concatenate([cls, patches.reshape(b, t * n, d)], axis=1)

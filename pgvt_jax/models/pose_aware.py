@@ -88,7 +88,8 @@ def after_block(m, layer: int, cls: Array, patches: Array, maps_: Optional[tuple
     for j in range(m.paab_depth):
       cls, patches = PAAB(num_heads=arch.heads, mlp_ratio=arch.mlp_ratio,
                           variant=m.paab_variant, dtype=m.compute_dtype, drop_path=drop_path,
-                          ln_eps=ln_eps, attention_impl=m.attention_impl,
+                          drop_path_mode=m.paab_drop_path, ln_eps=ln_eps,
+                          attention_impl=m.attention_impl,
                           name=f"paab_{layer}" + (f"_{j + 1}" if j else ""))(
                               cls, patches, maps_[0], train=train)
   if layer == m.paat_layer and (train or initializing):
