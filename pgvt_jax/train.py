@@ -29,6 +29,7 @@ from tqdm import tqdm
 from pgvt_jax import checkpointing, data, evaluation, metric_writer, paths
 from pgvt_jax import workdir as workdir_lib
 from pgvt_jax.experiment import Experiment, setup_experiment
+from pgvt_jax.models import factory
 
 _PREEMPTED = False
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by the scheduler, resumable"
@@ -172,7 +173,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
   # The saved config is the one given, before setup fills in derived fields.
   flat = workdir_lib.flat_config(config)
   latest = checkpointing.read_latest_meta(workdir)
-  changed = workdir_lib.check_resume(config, latest[1], latest[0], workdir) if latest else []
+  changed = (workdir_lib.check_resume(config, latest[1], latest[0], workdir,
+                                      derive=factory.configure_data) if latest else [])
   exp = setup_experiment(config, workdir, train=True)
   cfg, writer, ckpt = exp.config, exp.writer, exp.checkpointer
   exp.meta.update(config=flat, config_sha256=workdir_lib.fingerprint(flat))

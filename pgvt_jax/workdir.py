@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import ml_collections
 from absl import logging
@@ -237,13 +237,40 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tupl
           if saved.get(k, missing) != now.get(k, missing)}
 
 
+def _unflat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
+  nested: dict[str, Any] = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split(".")
+    node = nested
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return ml_collections.ConfigDict(nested)
+
+
 def check_resume(config: ml_collections.ConfigDict, meta: dict, step: int,
-                 workdir: str | os.PathLike) -> list[str]:
-  """Compares the config with the one saved at `step`; returns the accepted changed fields."""
+                 workdir: str | os.PathLike,
+                 derive: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
+                 ) -> list[str]:
+  """Compares the config with the one saved at `step`; returns the accepted changed fields.
+
+  `derive(config)` fills the fields a run derives in place (J, pixel statistics): both sides
+  are compared after it, so the run's own config.json (derived fields written out) resumes
+  a run started from the experiment file (derived fields unset), and vice versa.
+  """
   saved = meta.get("config")
   if saved is None:  # checkpoint written before fingerprints existed
     return []
-  changes = config_changes(saved, flat_config(config))
+  now = flat_config(config)
+  if derive is not None:
+    try:
+      saved_cfg, now_cfg = _unflat(saved), ml_collections.ConfigDict(config.to_dict())
+      derive(saved_cfg)
+      derive(now_cfg)
+      saved, now = flat_config(saved_cfg), flat_config(now_cfg)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # compare as written
+      logging.info("resume check: the saved config cannot be derived (%s)", e)
+  changes = config_changes(saved, now)
   by_kind = {"free": [], "shape": [], "training": []}
   for field in changes:
     by_kind[_category(field)].append(field)
