@@ -19,7 +19,7 @@ head's input (and the output when num_classes = 0); in training with PAAT `paat_
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,23 +32,6 @@ from pgvt_jax.models.config import ModelConfig
 Array = jax.Array
 
 
-def check_batch(m: ModelConfig, batch: Mapping[str, Any], train: bool = True) -> None:
-  """Raises ValueError naming the batch key and the config fields when shapes disagree."""
-  c = m.arch
-
-  def need(key, shape, fields, why):
-    if key not in batch:
-      raise ValueError(f"batch has no {key!r} ({why} needs it); keys: {sorted(batch)}")
-    got = tuple(batch[key].shape)
-    if len(got) != len(shape) + 1 or got[1:] != shape:
-      raise ValueError(f"batch[{key!r}] has shape {got}; expected (B, "
-                       f"{', '.join(map(str, shape))}) from {fields}")
-
-  need("frames", (m.video_frames, c.image_size, c.image_size, 3),
-       "config.model.video_frames and config.model.image_size", "family 'deit'")
-  pose_aware.check_batch(m, train, need)
-
-
 class DeiT(nn.Module):
   """`__call__(batch, train) -> (logits (B, C) or feature (B, D), out)`; see the docstring."""
   config: ModelConfig
@@ -56,7 +39,7 @@ class DeiT(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, Array], *, train: bool = False):
     m, c = self.config, self.config.arch
-    check_batch(m, batch, train)
+    pose_aware.check_video_batch(m, batch, train)
     dtype = m.compute_dtype
     x = pixels.model_frames(batch["frames"], *m.pixel_stats, dtype)    # (B, T, S, S, 3)
     b, t = x.shape[:2]

@@ -120,3 +120,21 @@ def check_batch(m, train: bool, need: Callable[..., Any]) -> None:
   need("pose", (m.pose_frames, m.num_joints, 2), "config.model.pose_frames (T_h) and "
        f"joints_per_person x num_persons (J={m.num_joints})", why)
   need("pose_mask", (m.pose_frames, m.num_joints), "config.model.pose_frames and J", why)
+
+
+def check_video_batch(m, batch: Mapping[str, Any], train: bool = True) -> None:
+  """A video-only family's batch (timesformer, deit): frames `(B, T_l, S, S, 3)` and what the
+  plug-ins read; raises ValueError naming the batch key and the config fields."""
+  s = m.arch.image_size
+
+  def need(key, shape, fields, why):
+    if key not in batch:
+      raise ValueError(f"batch has no {key!r} ({why} needs it); keys: {sorted(batch)}")
+    got = tuple(batch[key].shape)
+    if len(got) != len(shape) + 1 or got[1:] != shape:
+      raise ValueError(f"batch[{key!r}] has shape {got}; expected (B, "
+                       f"{', '.join(map(str, shape))}) from {fields}")
+
+  need("frames", (m.video_frames, s, s, 3), "config.model.video_frames and "
+       "config.model.image_size", f"family {m.family!r}")
+  check_batch(m, train, need)

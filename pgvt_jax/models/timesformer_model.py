@@ -32,23 +32,6 @@ from pgvt_jax.models.config import ModelConfig
 Array = jax.Array
 
 
-def check_batch(m: ModelConfig, batch: Mapping[str, Any], train: bool = True) -> None:
-  """Raises ValueError naming the batch key and the config fields when shapes disagree."""
-  ts = m.timesformer
-
-  def need(key, shape, fields, why):
-    if key not in batch:
-      raise ValueError(f"batch has no {key!r} ({why} needs it); keys: {sorted(batch)}")
-    got = tuple(batch[key].shape)
-    if len(got) != len(shape) + 1 or got[1:] != shape:
-      raise ValueError(f"batch[{key!r}] has shape {got}; expected (B, "
-                       f"{', '.join(map(str, shape))}) from {fields}")
-
-  need("frames", (ts.num_frames, ts.image_size, ts.image_size, 3),
-       "config.model.video_frames and config.model.image_size", "family 'timesformer'")
-  pose_aware.check_batch(m, train, need)
-
-
 class TimeSformerClassifier(nn.Module):
   """`__call__(batch, train) -> (logits (B, C), out)`; see the module docstring."""
   config: ModelConfig
@@ -63,7 +46,7 @@ class TimeSformerClassifier(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, Array], *, train: bool = False):
     m, ts = self.config, self.config.timesformer
-    check_batch(m, batch, train)
+    pose_aware.check_video_batch(m, batch, train)
     out, maps = {}, None
     if pose_aware.needs_maps(m, train):  # P2D/P3D of the T video frames (PAAB / PAAT)
       maps = pose_aware.maps(self, m, batch, train)
