@@ -205,6 +205,23 @@ def test_resume_names_changed_fields_and_sorts_them(config, tmp_path):
     workdir_lib.check_resume(changed, saved, 8, tmp_path)  # even with the flag
 
 
+def test_resume_from_the_runs_own_config_json(config, tmp_path):
+  """config.json holds the derived fields (J, pixel statistics) that the checkpoint's config
+  left unset: compared after deriving both sides, it resumes; a real change is still named."""
+  from pgvt_jax.models import factory  # pylint: disable=g-import-not-at-top
+  saved = {"config": workdir_lib.flat_config(config)}
+  written = ml_collections.ConfigDict(config.to_dict())
+  factory.configure_data(written)   # what config.json holds
+  assert written.data.num_joints != config.data.num_joints
+  with pytest.raises(workdir_lib.ConfigError, match="data.num_joints"):
+    workdir_lib.check_resume(written, saved, 8, tmp_path)  # without deriving: refused
+  assert workdir_lib.check_resume(written, saved, 8, tmp_path,
+                                  derive=factory.configure_data) == []
+  written.data.pixel_mean = (0.5, 0.5, 0.5)  # a real change to what the model computes
+  with pytest.raises(workdir_lib.ConfigError, match="pixel_mean"):
+    workdir_lib.check_resume(written, saved, 8, tmp_path, derive=factory.configure_data)
+
+
 def test_clipping_on_or_off_keeps_the_optimizer_state_structure(config):
   params = {"w": jnp.ones((3, 3))}
   structures = []
