@@ -197,6 +197,9 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.allow_config_changes = False  # resume although training fields changed (named on resume)
   c.best_metric = "eval/top1"
   c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
+  # R@k video retrieval at every evaluation too (pgvt_jax/retrieval.py): query and gallery
+  # record sets "DIR[:SPLIT]" -> eval/retrieval_R@k; query "" = off.
+  c.eval_retrieval = ml_collections.ConfigDict(dict(query="", gallery="", ks=(1, 5, 10)))
   c.async_checkpoints = True
   # {"name": weight} of registered auxiliary losses (pgvt_jax.losses); 0 = off. Declared so
   # `--config.aux_losses.paat=1.6` works from the command line.

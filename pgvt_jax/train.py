@@ -5,9 +5,10 @@ evals), summary.
 `train_and_evaluate(config, workdir)` trains (resuming from the workdir's latest checkpoint if
 there is one), evaluates every `eval_every` steps and at the end, and returns the final eval
 metrics. `evaluate(config, workdir)` evaluates the best (else latest) checkpoint. What a task
-supplies (its state and train step, its batches, its evaluators, its best metric) comes from
-`tasks.setup_experiment` (pgvt_jax/tasks.py: classification in experiment.py, multi-view
-alignment in alignment.py); nothing here depends on `config.task`.
+supplies (its state and train step, its batches, its evaluators, its best metric) is a
+`tasks.Experiment`, built by `setup_experiment` below (classification in experiment.py,
+multi-view alignment in alignment.py): the one place that reads `config.task`; the loop does
+not.
 
 Reliability (docs/reliability.md): the config is validated and the workdir locked before
 anything compiles; a resume names every changed config field; a non-finite state is never
@@ -30,7 +31,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from pgvt_jax import alignment, checkpointing, data, experiment, metric_writer, paths, tasks
+from pgvt_jax import (alignment, checkpointing, data, experiment, metric_writer, paths,
+                      retrieval, tasks)
 from pgvt_jax import workdir as workdir_lib
 from pgvt_jax.tasks import Experiment
 
@@ -68,16 +70,15 @@ def _any_host(flag: bool, step: int, cfg: ml_collections.ConfigDict, last: bool)
 
 def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                      train: bool) -> Experiment:
-  """The config's task builds its Experiment (pgvt_jax/tasks.py); the config is not modified."""
+  """The config's task builds its Experiment (pgvt_jax/tasks.py); the config is not modified.
+  A classification run with config.eval_retrieval.query set is also scored by R@k retrieval
+  (an evaluator like its accuracy)."""
   if tasks.task_name(config) == "alignment":
     return alignment.setup_experiment(config, workdir, train=train)
-  return experiment.setup_experiment(config, workdir, train=train)
-
-
-def run_eval(exp: Experiment, params, *, save_dir: epath.Path | None = None) -> dict:
-  """The task's evaluators on `params` (classification: the eval split's top-1/5 and class
-  accuracy; alignment: the held-out alignment error); with save_dir, their files too."""
-  return exp.evaluate(params, save_dir=save_dir)
+  exp = experiment.setup_experiment(config, workdir, train=train)
+  if config.get("eval_retrieval") and config.eval_retrieval.query:
+    exp.evaluators["retrieval"] = retrieval.make_evaluator(exp.config, exp.model, exp.mesh)
+  return exp
 
 
 def _diverged(what: str, ckpt: checkpointing.Checkpointer) -> FloatingPointError:
@@ -253,12 +254,12 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
         ckpt.wait()
         return {"preempted_at_step": step}
       if run_evals and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-        last_metrics = run_eval(exp, state["params"], save_dir=workdir if last else None)
+        last_metrics = exp.evaluate(state["params"], save_dir=workdir if last else None)
         writer.write(step, last_metrics)
         ckpt.save_best(step, state, exp.meta, last_metrics)
         logging.info("step %d: %s", step, {k: round(v, 4) for k, v in last_metrics.items()})
     if run_evals and not last_metrics:  # resumed after the end: evaluate the checkpoint
-      last_metrics = run_eval(exp, state["params"], save_dir=workdir)
+      last_metrics = exp.evaluate(state["params"], save_dir=workdir)
   finally:
     batches.close()
     bar.close()
@@ -361,7 +362,7 @@ def _evaluate_locked(config: ml_collections.ConfigDict, workdir: epath.Path) -> 
   if jax.process_index() == 0:
     workdir_lib.record_config(workdir, exp.config, mode="evaluate", start_step=step,
                               changed=[])
-  metrics = run_eval(exp, state["params"], save_dir=workdir)
+  metrics = exp.evaluate(state["params"], save_dir=workdir)
   exp.writer.write(step, metrics)
   exp.writer.write_json("eval_metrics.json", {"step": step, **metrics})
   exp.checkpointer.close()

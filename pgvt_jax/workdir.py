@@ -52,7 +52,7 @@ FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"
                "mesh.", "data.num_threads", "data.prefetch", "data.device_prefetch",
                "data.eval_batch_size", "model.remat", "optim.micro_batches",
                "data.builder_dir", "synthetic_data.data_dir",
-               "alignment.eval_batch_size", "synthetic_world.data_dir")
+               "alignment.eval_batch_size", "synthetic_world.data_dir", "eval_retrieval.")
 
 
 class ConfigError(ValueError):
