@@ -149,7 +149,7 @@ def build(config: ml_collections.ConfigDict, mesh, *, train: bool = True, total_
 def embed_episodes(embed_fn, params, episodes, batch_size: int, sharding) -> list[np.ndarray]:
   """Every frame of every episode -> list of (V, T, D) embeddings (eval mode).
 
-  `embed_fn` must return arrays every host can read whole (make_embed_fn's are replicated).
+  `embed_fn` must return arrays every host can read whole (`build`'s eval step: replicated).
   """
   out = []
   for ep in episodes:
