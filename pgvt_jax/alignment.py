@@ -1,30 +1,34 @@
 """The multi-view video alignment task (PAAB/PAAT paper Sec. 4, Table 5): a DeiT trained from
 scratch with a time-contrastive loss, PAAB/PAAT optional, scored by the alignment error on
-held-out episodes. `train.train_and_evaluate` switches here when `config.task == "alignment"`.
+held-out episodes. `config.task == "alignment"`: `setup_experiment` builds the task's
+`tasks.Experiment`, which `train.py`'s one loop runs (workdir lock, resume checks, device
+prefetch, SIGTERM, checkpoint integrity, divergence, best checkpoint: as classification).
 
-It reuses the classification trainer's machinery: the mesh and shardings (partitioning), the
-optimizer and schedule (optim), the train state, step RNGs (steps), aux losses (losses: PAAT),
-orbax checkpoints (checkpointing) and the metric writer. What differs: batches are TCN samples
-drawn from in-memory episodes as a pure function of (seed, step) (alignment_data), the loss is
-tcn.time_contrastive_loss, and evaluation embeds every frame of every held-out episode.
+What the task supplies: the DeiT (`create_model`, the one place it is built), the loss
+(tcn.time_contrastive_loss + weighted aux losses: PAAT), the steps (`build`, for the trainer
+and for fitting micro-batches "auto"), train batches drawn from in-memory episodes as a pure
+function of (seed, step) (alignment_data; `tasks.StepBatches`), and the evaluator: every frame
+of every held-out episode embedded, the mean alignment error (lower is better; the best
+checkpoint is the lowest), plus reference errors before training and a PNG at the end.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import copy
+import io
+import os
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from pgvt_jax import alignment_data, checkpointing, losses, metric_writer, optim, partitioning
-from pgvt_jax import steps, tcn
-from pgvt_jax.models import deit_model, factory
+from pgvt_jax import (accelerators, alignment_data, checkpointing, data, losses, metric_writer,
+                      optim, partitioning, paths, step_builder, steps, tasks, tcn)
 from pgvt_jax.models import config as model_config_lib
+from pgvt_jax.models import deit_model, factory
 
 MODEL_KEYS = ("frames", "pose", "pose_mask")
 
@@ -67,12 +71,14 @@ def _flat(batch: dict, n: int, image_size: int) -> dict:
   return model_inputs(*flat, image_size)
 
 
-def make_train_step(model, tx, config, schedule):
-  """(state, batch) -> (state, metrics): TCN loss + weighted aux losses, one jit."""
+def make_loss(model, config: ml_collections.ConfigDict):
+  """(params, frozen, batch, rngs) -> (loss, metrics): TCN loss + weighted aux losses
+  (`steps.make_loss_step` makes the train step of it)."""
   a = config.alignment
   aux = {k: v for k, v in dict(config.get("aux_losses", {}) or {}).items() if v}
 
-  def loss_fn(params, batch, rngs):
+  def loss_fn(params, frozen, batch, rngs):
+    del frozen  # a DeiT trained from scratch: every param trains
     b, v, k = batch["frames"].shape[:3]
     inputs = _flat(batch, b * v * k, model.config.arch.image_size)
     emb, out = model.apply({"params": params}, inputs, train=True, rngs=rngs)
@@ -86,58 +92,88 @@ def make_train_step(model, tx, config, schedule):
       loss = loss + weight * term
     return loss, metrics
 
-  def train_step(state, batch):
-    rngs = steps.step_rngs(state["rng"], state["step"])
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, rngs)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {**state, "step": state["step"] + 1, "opt_state": opt_state,
-                 "params": optax.apply_updates(state["params"], updates)}
-    return new_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "lr": schedule(state["step"])}
-
-  return train_step
+  return loss_fn
 
 
-def put_global(tree, sharding):
-  """Numpy arrays that every host holds whole (batches drawn from (seed, step), eval chunks)
-  -> global jax.Arrays: each host copies in only the rows of its own devices.
+def build(config: ml_collections.ConfigDict, mesh, *, train: bool = True, total_steps: int = 1,
+          steps_per_epoch: int = 1) -> step_builder.Built:
+  """The task's jitted steps for `config` on `mesh`, as shapes and shardings (no arrays):
+  what `step_builder.build` is to classification (the trainer and the planner call it).
 
-  `jax.device_put` would do the same on several hosts but first checks that every host passed
-  the same value, a blocking cross-host allgather of the whole batch on every call.
+  train step: (state, {}, batch) -> (state, metrics), batch as alignment_data.sample_batch's;
+  eval step: (params, {}, frames) -> float32 embeddings (E, D), replicated: the evaluation
+  reads them on every host, and an array sharded across processes cannot be fetched.
   """
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-  return jax.tree.map(put, tree)
+  config = copy.deepcopy(config)
+  a = config.alignment
+  partitioning.check_batch_divisible(config.data.train_batch_size, mesh,
+                                     "config.data.train_batch_size")
+  partitioning.check_batch_divisible(a.eval_batch_size, mesh, "config.alignment.eval_batch_size")
+  if train:
+    step_builder.check_micro_batches(config, mesh)
+  model = create_model(config.model)
+  mc = model.config
+  params = factory.param_shapes(model)
+  param_sh = partitioning.tree_shardings(params, mesh, config.mesh)
+  accum = max(1, config.optim.grad_accum_steps)
+  schedule = optim.make_schedule(config.optim, max(1, total_steps // accum),
+                                 max(1, steps_per_epoch // accum))
+  tx = optim.make_optimizer(config.optim, schedule)
+  state = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), params)
+  state_sh = partitioning.tree_shardings(state, mesh, config.mesh)
+  state_sh["params"] = param_sh
+  batch_sh = partitioning.batch_sharding(mesh)
+  repl = partitioning.replicated(mesh)
+  train_step = None
+  if train:  # metrics replicated: every host fetches them at log steps
+    train_step = jax.jit(steps.make_loss_step(make_loss(model, config), tx, config, schedule,
+                                              batch_sh),
+                         in_shardings=(state_sh, {}, batch_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=(0,))
+  s, j = mc.arch.image_size, mc.num_joints
 
+  def embed(p, frozen, b):  # frames (E, S, S, 3), pose in pixels -> the family's batch
+    del frozen  # none: every param trains
+    inputs = model_inputs(b["frames"], b["pose"], b["pose_mask"], s)
+    return model.apply({"params": p}, inputs, train=False)[0].astype(jnp.float32)
 
-def make_embed_fn(model, param_sh, batch_sh):
-  """(params, batch) -> float32 embeddings, replicated: the evaluation reads them on every
-  host, and an array sharded across processes cannot be fetched (np.asarray raises)."""
-  return jax.jit(lambda p, b: model.apply({"params": p}, b, train=False)[0].astype(jnp.float32),
-                 in_shardings=(param_sh, batch_sh),
-                 out_shardings=partitioning.replicated(batch_sh.mesh))
+  eval_step = jax.jit(embed, in_shardings=(param_sh, {}, batch_sh), out_shardings=repl)
+
+  def spec(shapes: dict) -> dict:
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+            for k, (shape, dtype) in shapes.items()}
+  b, k, e = config.data.train_batch_size, a.frames_per_sample, a.eval_batch_size
+  train_batch = spec({"frames": ((b, 2, k, s, s, 3), jnp.uint8),
+                      "pose": ((b, 2, k, j, 2), jnp.float32),
+                      "pose_mask": ((b, 2, k, j), jnp.float32), "times": ((b, k), jnp.int32)})
+  eval_batch = spec({"frames": ((e, s, s, 3), jnp.uint8), "pose": ((e, j, 2), jnp.float32),
+                     "pose_mask": ((e, j), jnp.float32)})
+  return step_builder.Built(
+      config=config, choice=accelerators.choose(list(mesh.devices.flat)), model=model, tx=tx,
+      schedule=schedule, train_step=train_step, eval_step=eval_step, param_shardings=param_sh,
+      trainable_shardings=param_sh, frozen_shardings={}, state_shardings=state_sh,
+      batch_sharding=batch_sh, abstract_params=step_builder.with_shardings(params, param_sh),
+      abstract_state=step_builder.with_shardings(state, state_sh), abstract_frozen={},
+      train_batch=train_batch, eval_batch=eval_batch)
 
 
 def embed_episodes(embed_fn, params, episodes, batch_size: int, sharding) -> list[np.ndarray]:
   """Every frame of every episode -> list of (V, T, D) embeddings (eval mode).
 
-  `embed_fn` must return arrays every host can read whole (make_embed_fn's are replicated).
+  `embed_fn` must return arrays every host can read whole (`build`'s eval step: replicated).
   """
   out = []
   for ep in episodes:
     v, t = ep.num_views, ep.num_frames
-    inputs = model_inputs(ep.frames.reshape((v * t,) + ep.frames.shape[2:]),  # uint8
-                          ep.pose.reshape(v * t, -1, 2), ep.pose_mask.reshape(v * t, -1),
-                          ep.frames.shape[2])
+    inputs = {"frames": ep.frames.reshape((v * t,) + ep.frames.shape[2:]),  # uint8
+              "pose": ep.pose.reshape(v * t, -1, 2), "pose_mask": ep.pose_mask.reshape(v * t, -1)}
     embs = []
     for s in range(0, v * t, batch_size):
       chunk = {k: x[s:s + batch_size] for k, x in inputs.items()}
       n = len(chunk["frames"])
       chunk = {k: np.concatenate([x, np.repeat(x[-1:], batch_size - n, 0)]) for k, x in
                chunk.items()}
-      embs.append(np.asarray(embed_fn(params, put_global(chunk, sharding)))[:n])
+      embs.append(np.asarray(embed_fn(params, data.whole_to_global(chunk, sharding)))[:n])
     out.append(np.concatenate(embs).reshape(v, t, -1))
   return out
 
@@ -155,7 +191,7 @@ def baseline_errors(episodes, seed: int) -> dict[str, float]:
   return {"random_vectors": mean_error(rand), "raw_pixels": mean_error(pix)}
 
 
-def write_alignment_png(path: Path, episode, z: np.ndarray, columns: int = 8) -> Path:
+def write_alignment_png(path: str | os.PathLike, episode, z: np.ndarray, columns: int = 8):
   """Top row: frames t of view 0; bottom row: their nearest neighbours in view 1."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   nn_idx = tcn.nearest_neighbours(z[0], z[1])
@@ -170,122 +206,75 @@ def write_alignment_png(path: Path, episode, z: np.ndarray, columns: int = 8) ->
       tile = Image.fromarray(episode.frames[view, frame]).resize((cell, cell), Image.NEAREST)
       img.paste(tile, (c * cell, r * (cell + 14) + 14))
       draw.text((c * cell + 2, r * (cell + 14)), f"v{view} t={frame}", fill=(0, 0, 0))
+  path = paths.as_path(path)  # may be a bucket: the bytes go through epath
   path.parent.mkdir(parents=True, exist_ok=True)
-  img.save(path)
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  path.write_bytes(buf.getvalue())
   return path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       run_evals: bool = True) -> dict:
-  workdir = Path(workdir)
+def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                     train: bool) -> tasks.Experiment:
+  """The alignment task's Experiment (pgvt_jax/tasks.py); the given config is not modified."""
+  config = copy.deepcopy(config)  # derived fields (the records' directory) go into the copy
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  writer = metric_writer.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir)  # config.json: workdir.record_config
   builder_dir = prepare_data(config)
-  writer.write_json("config.json", json.loads(config.to_json_best_effort()))
   mesh = partitioning.make_mesh(config.mesh)
-  batch_sh = partitioning.batch_sharding(mesh)
   a = config.alignment
-  partitioning.check_batch_divisible(config.data.train_batch_size, mesh,
-                                     "config.data.train_batch_size")
-  partitioning.check_batch_divisible(a.eval_batch_size, mesh, "config.alignment.eval_batch_size")
+  total, steps_per_epoch = config.total_steps, max(1, config.steps_per_epoch)
+  built, train_step, fit = tasks.build_steps(config, mesh, train=train, total_steps=total,
+                                             steps_per_epoch=steps_per_epoch, build=build)
+  model, mc = built.model, built.model.config
+  params = jax.jit(lambda: factory.init_params(model, jax.random.PRNGKey(config.seed)),
+                   out_shardings=built.param_shardings)()
+  state = jax.jit(lambda p: steps.init_state(p, built.tx, config.seed),
+                  out_shardings=built.state_shardings)(params)
 
-  model = create_model(config.model)
-  mc = model.config
-  size = mc.arch.image_size
-  train_eps = alignment_data.load_episodes(builder_dir, config.data.train_split, size,
-                                           mc.num_joints)
-  eval_eps = alignment_data.load_episodes(builder_dir, config.data.eval_split, size,
-                                          mc.num_joints)
-  logging.info("Alignment: %d train / %d eval episodes from %s", len(train_eps), len(eval_eps),
-               builder_dir)
+  load = lambda split: alignment_data.load_episodes(builder_dir, split, mc.arch.image_size,
+                                                    mc.num_joints)
+  eval_eps = load(config.data.eval_split)
+  train_iter = None
+  if train:
+    train_eps = load(config.data.train_split)
+    train_iter = tasks.StepBatches(lambda step: alignment_data.sample_batch(
+        train_eps, seed=config.seed, step=step, batch_size=config.data.train_batch_size,
+        frames_per_sample=a.frames_per_sample))
+    logging.info("Alignment: %d train / %d eval episodes from %s", len(train_eps),
+                 len(eval_eps), builder_dir)
 
-  shapes = factory.param_shapes(model)
-  param_sh = partitioning.tree_shardings(shapes, mesh, config.mesh)
-  init = lambda seed: jax.jit(lambda: factory.init_params(model, jax.random.PRNGKey(seed)),
-                              out_shardings=param_sh)()
-  params = init(config.seed)
-  total = config.total_steps
-  schedule = optim.make_schedule(config.optim, total, max(1, config.steps_per_epoch))
-  tx = optim.make_optimizer(config.optim, schedule)
-  state_shapes = jax.eval_shape(lambda p: steps.init_state(p, tx, config.seed), params)
-  state_sh = partitioning.tree_shardings(state_shapes, mesh, config.mesh)
-  state_sh["params"] = param_sh
-  state = jax.jit(lambda p: steps.init_state(p, tx, config.seed), out_shardings=state_sh)(params)
-  # Metrics replicated: every host fetches them at log steps.
-  train_step = jax.jit(make_train_step(model, tx, config, schedule),
-                       in_shardings=(state_sh, batch_sh),
-                       out_shardings=(state_sh, partitioning.replicated(mesh)),
-                       donate_argnums=(0,))
-  embed_fn = make_embed_fn(model, param_sh, batch_sh)
+  embed = lambda p, b: built.eval_step(p, {}, b)
 
-  def evaluate(p) -> tuple[dict, list]:
-    embs = embed_episodes(embed_fn, p, eval_eps, a.eval_batch_size, batch_sh)
+  def evaluate(p, frozen, *, save_dir=None) -> dict:
+    del frozen  # none
+    embs = embed_episodes(embed, p, eval_eps, a.eval_batch_size, built.batch_sharding)
     err = mean_error(embs)
-    return {"eval/alignment_error": err, "eval/neg_alignment_error": -err}, embs
+    if save_dir is not None and jax.process_index() == 0:  # every host holds the same embeddings
+      logging.info("Wrote %s", write_alignment_png(save_dir / "alignment_pairs.png",
+                                                   eval_eps[0], embs[0]))
+    return {"eval/alignment_error": err, "eval/neg_alignment_error": -err}
 
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                    best_metric="eval/neg_alignment_error",
-                                    async_save=config.async_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(checkpointing.abstract_like(state), None)
-  step = int(jax.device_get(state["step"]))
-  refs = {}
-  if run_evals and step == 0:   # the same architecture before training, and non-learned refs
+  def references(p, frozen) -> dict:
+    """The same architecture before training, and non-learned references."""
     refs = {f"eval/alignment_error_{k}": v for k, v in baseline_errors(eval_eps,
                                                                       config.seed).items()}
-    refs["eval/alignment_error_untrained"] = evaluate(state["params"])[0]["eval/alignment_error"]
-    writer.write(0, refs)
+    refs["eval/alignment_error_untrained"] = evaluate(p, frozen)["eval/alignment_error"]
     logging.info("reference alignment errors: %s", refs)
-  metrics, pending, t0 = {}, [], time.time()
-  try:
-    while step < total:
-      batch = alignment_data.sample_batch(train_eps, seed=config.seed, step=step,
-                                          batch_size=config.data.train_batch_size,
-                                          frames_per_sample=a.frames_per_sample)
-      state, m = train_step(state, put_global(batch, batch_sh))
-      step += 1
-      pending.append(m)
-      last = step == total
-      if step % config.log_every == 0 or last:
-        fetched = jax.device_get(pending)
-        if not all(np.isfinite(f["loss"]) for f in fetched):
-          raise FloatingPointError(f"non-finite alignment loss by step {step}")
-        means = {f"train/{k}": float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
-        means["train/step_time_s"] = (time.time() - t0) / len(pending)
-        writer.write(step, means)
-        logging.info("step %d: %s", step, {k: round(v, 4) for k, v in means.items()})
-        pending, t0 = [], time.time()
-      if step % config.checkpoint_every == 0 or last:
-        ckpt.save(step, state, None, {"task": "alignment"}, force=True)
-      if run_evals and ((config.eval_every and step % config.eval_every == 0) or last):
-        metrics, embs = evaluate(state["params"])
-        writer.write(step, metrics)
-        ckpt.save_best(step, state, {"task": "alignment"}, metrics)
-        logging.info("step %d: %s", step, metrics)
-    if run_evals:
-      if not metrics:
-        metrics, embs = evaluate(state["params"])
-      if jax.process_index() == 0:  # every host holds the same embeddings: one writes
-        png = write_alignment_png(workdir / "alignment_pairs.png", eval_eps[0], embs[0])
-        logging.info("Wrote %s", png)
-  finally:
-    ckpt.close()
-    writer.flush()
-  final = {"step": step, **refs, **metrics}
-  writer.write_json("final_metrics.json", final)
-  writer.close()
-  return final
+    return refs
 
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the latest checkpoint of a finished run (`--mode=evaluate`)."""
-  latest = checkpointing.read_latest_meta(workdir)
-  step = latest[0] if latest else None
-  if step is None or step < config.total_steps:
-    raise FileNotFoundError(f"no finished alignment run in {workdir} (latest checkpoint: "
-                            f"{step}, config.total_steps: {config.total_steps}); nothing was "
-                            "written")
-  return train_and_evaluate(config, workdir)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                    best_metric="eval/alignment_error", best_mode="min",
+                                    async_save=config.async_checkpoints)
+  meta = {"task": "alignment", "backbone": None, "backbone_sha256": None,
+          "steps_per_epoch": steps_per_epoch, "total_steps": total, "fit": fit}
+  return tasks.Experiment(
+      config=config, workdir=workdir, mesh=mesh, batch_sharding=built.batch_sharding,
+      writer=writer, checkpointer=ckpt, model=model, train_iter=train_iter, frozen={},
+      state=state, train_step=train_step, total_steps=total, meta=meta,
+      evaluators={"alignment": evaluate}, references=references,
+      put_batch=data.whole_to_global, result_with_step=True)
 
 
 def trainer_config() -> ml_collections.ConfigDict:
@@ -299,6 +288,8 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.checkpoint_every = 500
   c.keep_checkpoints = 1
+  c.restore_step = 0             # > 0: resume from this kept step (later checkpoints are deleted)
+  c.allow_config_changes = False  # resume although training fields changed (named on resume)
   c.async_checkpoints = True
   c.aux_losses = ml_collections.ConfigDict()
   c.optim = optim.get_config()
@@ -311,7 +302,8 @@ def trainer_config() -> ml_collections.ConfigDict:
       loss="triplet", margin=1.0, temperature=0.1, window=2, normalize=False,
       frames_per_sample=8, eval_batch_size=64))
   c.data = ml_collections.ConfigDict(dict(builder_dir="", train_split="train",
-                                          eval_split="test", train_batch_size=4))
+                                          eval_split="test", train_batch_size=4,
+                                          device_prefetch=2))  # batches staged on device
   c.synthetic_world = ml_collections.ConfigDict(dict(
       enabled=False, data_dir="~/.cache/pgvt_jax/multiview", num_train=24, num_test=8,
       num_views=3, num_links=3, num_frames=40, image_size=64, seed=0,

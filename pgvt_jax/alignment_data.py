@@ -76,7 +76,7 @@ def load_episodes(builder_dir: str | Path, split: str, image_size: int,
       kp, score = np.zeros((t, 1, num_joints, 2), np.float32), np.zeros((t, 1, num_joints))
     if kp.shape[2] != num_joints:
       raise ValueError(f"{builder_dir}: {ex['video_id']} has {kp.shape[2]} keypoints per "
-                       f"frame, config.model.num_keypoints is {num_joints}")
+                       f"frame, config.model.joints_per_person is {num_joints}")
     frames, kp0 = _resize(ex["frames"], kp[:, 0], image_size)
     views[ep][int(view)] = (frames, kp0.astype(np.float32), (score[:, 0] > 0).astype(np.float32))
   episodes = []

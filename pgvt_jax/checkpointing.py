@@ -79,10 +79,14 @@ class Checkpointer:
   """The trainer's checkpoints: latest-N (state + data position) and best-by-metric (state)."""
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int = 2,
-               best_metric: str = "eval/top1", async_save: bool = True):
+               best_metric: str = "eval/top1", best_mode: str = "max",
+               async_save: bool = True):
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode={best_mode!r}: expected 'max' or 'min'")
     self.workdir = as_path(workdir)
     self._unsealed: set = set()  # (manager, step) saved by this run, checksums not yet written
     self.best_metric = best_metric
+    self.best_mode = best_mode   # "max": higher best_metric is better (accuracy); "min": error
     self.data_restored = False   # the last restore set grain's own state (same process count)
     self.latest = ocp.CheckpointManager(
         self.workdir / "checkpoints",
@@ -92,7 +96,7 @@ class Checkpointer:
     self.best = ocp.CheckpointManager(
         self.workdir / "best",
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=self._best_fn,
-                                             best_mode="max", create=True,
+                                             best_mode=best_mode, create=True,
                                              keep_checkpoints_without_metrics=False,
                                              enable_async_checkpointing=async_save,
                                              cleanup_tmp_directories=True))

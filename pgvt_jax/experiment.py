@@ -1,5 +1,7 @@
-"""Everything a run needs, built once from the config: mesh, input, model, params, optimizer,
-sharded state, jitted steps, checkpointer. `train.py` and `evaluate` share it.
+"""The classification task (`config.task` "classification", the default): everything a run
+needs, built once from the config: mesh, input, model, params, optimizer, sharded state, jitted
+steps, checkpointer, and its evaluator (top-1/5 and mean class accuracy over the eval split's
+videos). `train.py`'s loop and `evaluate` run it (pgvt_jax/tasks.py: the task interface).
 
 Resume order (big_vision/maxtext convention): the workdir's own checkpoint wins; otherwise the
 backbone comes from the model family's converted weights (`config.clip_dir` from
@@ -11,9 +13,8 @@ their initialisers; without them the backbone is random, with a warning.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -21,38 +22,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from pgvt_jax import (accelerators, checkpointing, data, fitting, init_from, metric_writer,
-                      optim, partitioning, paths, planner, step_builder, steps)
+from pgvt_jax import (accelerators, checkpointing, data, evaluation, init_from, metric_writer,
+                      optim, partitioning, paths, steps, tasks)
 from pgvt_jax.models import common, factory
-
-
-@dataclasses.dataclass
-class Experiment:
-  config: ml_collections.ConfigDict
-  workdir: epath.Path
-  mesh: Any
-  batch_sharding: Any
-  writer: metric_writer.MetricWriter
-  checkpointer: checkpointing.Checkpointer
-  model: Any
-  eval_source: Any
-  train_iter: Any
-  frozen: Any
-  state: dict
-  train_step: Optional[Callable]
-  eval_step: Callable
-  total_steps: int
-  meta: dict
-
-  def check_backbone(self, meta: dict) -> None:
-    """A checkpoint's trainable params only make sense on the backbone they were trained on."""
-    saved, now = meta.get("backbone_sha256"), self.meta.get("backbone_sha256")
-    if saved != now:
-      raise ValueError(
-          f"checkpoint in {self.workdir} was trained on backbone {meta.get('backbone')!r} "
-          f"(sha256 {saved}); this run loads {self.meta.get('backbone')!r} (sha256 {now}). "
-          f"Point config.{factory.pretrained_dir(self.config)[0]} at the original weights or "
-          "use a new workdir.")
+from pgvt_jax.tasks import Experiment, build_steps  # noqa: F401  (the names callers used)
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> None:
@@ -98,53 +71,9 @@ def load_params(config, model, shardings) -> tuple[Any, dict]:
   return params, {"backbone": paths.as_str(directory), "backbone_sha256": sha}
 
 
-def build_steps(config: ml_collections.ConfigDict, mesh, *, train: bool, total_steps: int,
-                steps_per_epoch: int) -> tuple[step_builder.Built, Optional[Callable],
-                                               Optional[dict]]:
-  """(built, train step, fit): the steps for `mesh`, with remat/micro-batches "auto" decided.
-
-  With an "auto" setting and `train`, `planner.Planner.fit` compiles the train step for the
-  mesh's own devices, cheapest setting first, and the trainer runs the compiled program it
-  chose (no second compile). Every process decides; process 0's choice is the one taken (the
-  compiles are deterministic, so they agree; if not, the agreed setting is compiled here).
-  `fit` says what was chosen and tried (None: nothing was "auto"). Without training (evaluate)
-  "auto" means none / 1: a forward pass keeps nothing for a backward pass.
-  """
-  kwargs = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-  if not (train and fitting.needs_fit(config)):
-    built = step_builder.build(fitting.fixed(config, micro=None if train else 1), mesh,
-                               train=train, **kwargs)
-    return built, built.train_step, None
-  plan = planner.Planner(config, planner.target("local", devices=list(mesh.devices.flat)),
-                         mesh=mesh, keep_compiled=True, **kwargs)
-  report = plan.fit()
-  choice = (report.remat, report.micro_batches)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    remats = list(fitting.AUTO_REMATS) + [report.remat]  # an explicit policy: the same everywhere
-    agreed = multihost_utils.broadcast_one_to_all(
-        np.array([remats.index(report.remat), report.micro_batches]))
-    choice = (remats[int(agreed[0])], int(agreed[1]))
-    if choice != (report.remat, report.micro_batches):
-      logging.warning("process 0 chose remat=%s micro_batches=%d; this process had chosen "
-                      "remat=%s micro_batches=%d: taking process 0's", *choice, report.remat,
-                      report.micro_batches)
-      report = plan.report("train", None, *choice)
-  compiled = report.compiled
-  if compiled is None:  # process 0's choice did not fit here (or was not kept): jit it
-    compiled = plan.build(None, choice[0], "train", choice[1]).train_step
-  fit = {"remat": choice[0], "micro_batches": choice[1],
-         "per_device_bytes": report.total_bytes, "limit_bytes": report.limit_bytes,
-         "tried": [f"remat={r} micro_batches={k}: {'fits' if ok else 'does not fit'}"
-                   for r, k, ok in (report.probes or [])]}
-  logging.info("Fits: remat=%s, %d micro-batch(es) per step (%.2f of %.2f GiB per device; "
-               "tried %s)", choice[0], choice[1], report.total_bytes / 2 ** 30,
-               report.limit_bytes / 2 ** 30, "; ".join(fit["tried"]))
-  return report.built or plan.build(None, choice[0], "train", choice[1]), compiled, fit
-
-
 def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                      train: bool) -> Experiment:
+  """The classification task's Experiment (pgvt_jax/tasks.py)."""
   # Derived fields are filled into a copy: the caller's config stays as given, so running
   # again with the same object (a notebook's resume cell) is not a "changed config".
   config = copy.deepcopy(config)
@@ -203,11 +132,54 @@ def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLi
                                     async_save=config.async_checkpoints)
   meta = {**meta, "steps_per_epoch": steps_per_epoch, "total_steps": total, "fit": fit}
   logging.info("Training for %d steps (%d per epoch)", total, steps_per_epoch)
+
+  # ---------------------------------------------------------------- evaluators
+  evaluate = lambda source, tag: make_evaluator(config, built.eval_step, built.batch_sharding,
+                                                writer, source, tag)
+  test_split = config.data.get("test_split", "")
+  final = {}
+  if test_split:  # opened at the end, when it is evaluated
+    final["test"] = evaluate(lambda: data.open_source(config.data, test_split), "test")
   return Experiment(config=config, workdir=workdir, mesh=mesh, batch_sharding=built.batch_sharding,
-                    writer=writer, checkpointer=ckpt, model=model, eval_source=eval_source,
-                    train_iter=train_iter, frozen=frozen, state=state,
-                    train_step=train_step, eval_step=built.eval_step, total_steps=total,
-                    meta=meta)
+                    writer=writer, checkpointer=ckpt, model=model, train_iter=train_iter,
+                    frozen=frozen, state=state, train_step=train_step, total_steps=total,
+                    meta=meta, evaluators={"classification": evaluate(lambda: eval_source,
+                                                                      "eval")},
+                    final_evaluators=final, backbone_field=factory.pretrained_dir(config)[0])
+
+
+def make_evaluator(config: ml_collections.ConfigDict, eval_step, batch_sharding,
+                   writer: metric_writer.MetricWriter, source, tag: str) -> tasks.Evaluator:
+  """(params, frozen, *, save_dir) -> {"<tag>/top1", "<tag>/top5", "<tag>/mean_class_accuracy"}:
+  one pass over the split `source()` returns (opened on first use), the views of a video
+  combined (config.eval_combine: mean or max). With `save_dir`: the confusion matrix and the
+  per-class accuracy are written too."""
+  opened = []
+
+  def run(params, frozen, *, save_dir: Optional[epath.Path] = None) -> dict:
+    if not opened:
+      opened.append(source())
+    src = opened[0]
+    it, info = data.make_eval_iterator(config.data, src)
+    acc = evaluation.ViewAccumulator(info.num_videos, config.model.num_classes,
+                                     combine=config.get("eval_combine", "mean"))
+    for host_batch in it:
+      batch = data.to_global(dict(host_batch), batch_sharding)
+      probs, label, vid, valid = jax.device_get(eval_step(params, frozen, batch))
+      acc.add(probs, label, vid, valid)
+    result = acc.result(expected_views=info.num_views)
+    metrics = {f"{tag}/top1": result["top1"], f"{tag}/top5": result["top5"],
+               f"{tag}/mean_class_accuracy": result["mean_class_accuracy"]}
+    if save_dir is not None and jax.process_index() == 0:
+      evaluation.save_confusion(result["confusion_matrix"], save_dir / f"{tag}_confusion",
+                                src.class_names)
+      names = src.class_names or [str(i) for i in range(config.model.num_classes)]
+      per_class = {n: (None if np.isnan(a) else float(a))
+                   for n, a in zip(names, result["per_class_accuracy"])}
+      writer.write_json(f"{tag}_per_class_accuracy.json", per_class)
+    return metrics
+
+  return run
 
 
 def trainer_config() -> ml_collections.ConfigDict:
@@ -228,6 +200,9 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.allow_config_changes = False  # resume although training fields changed (named on resume)
   c.best_metric = "eval/top1"
   c.eval_combine = "mean"    # views of a video: "mean" of probabilities | "max" (TimeSformer)
+  # R@k video retrieval at every evaluation too (pgvt_jax/retrieval.py): query and gallery
+  # record sets "DIR[:SPLIT]" -> eval/retrieval_R@k; query "" = off.
+  c.eval_retrieval = ml_collections.ConfigDict(dict(query="", gallery="", ks=(1, 5, 10)))
   c.async_checkpoints = True
   # {"name": weight} of registered auxiliary losses (pgvt_jax.losses); 0 = off. Declared so
   # `--config.aux_losses.paat=1.6` works from the command line.

@@ -190,7 +190,8 @@ def _after(line: str, step: int) -> bool:
 
 
 def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None):
-  """Training loss / learning rate and eval accuracy against step, from metrics.jsonl."""
+  """Training loss / learning rate and eval accuracy (or alignment error) against step, from
+  metrics.jsonl."""
   rows = read_metrics(workdir)
   if not rows:
     return None
@@ -203,10 +204,12 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
     return list(zip(*pts)) if pts else ([], [])
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  accuracy = ("eval/top1", "eval/top5", "eval/mean_class_accuracy")
+  evals = (accuracy, "eval accuracy") if any(k in r for r in rows for k in accuracy) else (
+      ("eval/alignment_error",), "eval alignment error")  # the alignment task's
   for ax, keys, title in ((axes[0], ("train/loss",), "training loss"),
                           (axes[1], ("train/lr",), "learning rate"),
-                          (axes[2], ("eval/top1", "eval/top5", "eval/mean_class_accuracy"),
-                           "eval accuracy")):
+                          (axes[2], *evals)):
     for key in keys:
       xs, ys = series(key)
       if xs:

@@ -33,7 +33,7 @@ import functools
 import json
 import re
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
@@ -125,14 +125,18 @@ class Planner:
   `config.mesh` over the target's devices. `total_steps`/`steps_per_epoch` set the schedule
   compiled into the train step (shapes do not depend on them). `keep_compiled`: reports of
   fitting train steps keep the executable and the `Built` it came from, so the trainer runs
-  the program it measured instead of compiling it again.
+  the program it measured instead of compiling it again. `build`: the task's step builder
+  (`step_builder.build`, classification's; `alignment.build`): `build(config, mesh, train=...,
+  total_steps=..., steps_per_epoch=...) -> step_builder.Built`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, tgt: Target, *,
                mesh: Optional[jax.sharding.Mesh] = None, total_steps: int = 1000,
-               steps_per_epoch: int = 100, keep_compiled: bool = False):
+               steps_per_epoch: int = 100, keep_compiled: bool = False,
+               build: Callable[..., step_builder.Built] = step_builder.build):
     self.target = tgt
     self.mesh = mesh
+    self._build = build
     self.schedule_steps = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     self.keep_compiled = keep_compiled
     self.notes: list[str] = []
@@ -140,6 +144,8 @@ class Planner:
     # the next multiple (and said so), rather than refused, so one config serves all targets.
     self.config = copy.deepcopy(config)
     for field in ("train_batch_size", "eval_batch_size"):
+      if field not in self.config.data:  # a task whose eval batches are configured elsewhere
+        continue
       b = int(self.config.data[field])
       if b % self.unit:
         self.config.data[field] = -(-b // self.unit) * self.unit
@@ -163,7 +169,7 @@ class Planner:
     if batch is not None:
       cfg.data["train_batch_size" if step == "train" else "eval_batch_size"] = batch
     mesh = self.mesh or partitioning.make_mesh(cfg.mesh, self.target.devices)
-    return step_builder.build(cfg, mesh, train=True, **self.schedule_steps)
+    return self._build(cfg, mesh, train=True, **self.schedule_steps)
 
   def report(self, step: str = "train", batch: Optional[int] = None,
              remat: Optional[str] = None, micro: Optional[int] = None) -> StepReport:
@@ -221,7 +227,7 @@ class Planner:
     report.flops, report.bytes_accessed = _cost(compiled)
     if micro > 1:  # XLA's cost analysis counts a loop body once; the step runs it k times
       report.flops, report.bytes_accessed = report.flops * micro, report.bytes_accessed * micro
-    self._roofline(report, str(built.config.model.dtype))
+    self._roofline(report, str(built.config.model.get("dtype", "float32")))
     if self.keep_compiled and step == "train" and report.fits:
       report.compiled, report.built = compiled, built
     return report
@@ -252,7 +258,7 @@ class Planner:
       rep = self.report("train", batch, r, k)
       return rep.total_bytes / rep.limit_bytes if rep.total_bytes else None
 
-    choice, probes = fitting.choose(fits, self.config.model.remat,
+    choice, probes = fitting.choose(fits, self.config.model.get("remat", "none"),
                                     self.config.optim.get("micro_batches", 1),
                                     batch // self.unit, overshoot=overshoot)
     if choice is None:

@@ -15,6 +15,10 @@ record sets name their classes, else by index.
 
 Writes <out>/retrieval.json (R@k, counts, the sets) and <out>/neighbours.csv (query, rank,
 neighbour, similarity, labels); <out> defaults to RUN/retrieval.
+
+During training, retrieval is one of the loop's evaluators (`make_evaluator`): with
+`--config.eval_retrieval.query=DIR[:SPLIT] --config.eval_retrieval.gallery=DIR[:SPLIT]` every
+evaluation also reports `eval/retrieval_R@k` (and the last one writes RUN/retrieval/).
 """
 
 from __future__ import annotations
@@ -166,12 +170,19 @@ def fit_joints(batch: dict, num_joints: int) -> dict:
   return out
 
 
+def make_feature_fn(model, mesh=None):
+  """jit (params, batch) -> `(B, D)` clip features (`out["feature"]`, eval mode); replicated
+  over `mesh` when given (every host of a multi-host run reads them whole)."""
+  out = partitioning.replicated(mesh) if mesh is not None else None
+  return jax.jit(lambda p, b: model.apply(
+      {"params": p}, steps.model_inputs(b), train=False)[1]["feature"], out_shardings=out)
+
+
 def extract_features(model, params, mesh, source: data.Source,
-                     data_cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray,
-                                                                   list[str]]:
+                     data_cfg: ml_collections.ConfigDict, feature_fn=None
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """`(N, D)` view-averaged clip features, `(N,)` labels, video ids of a record set."""
-  feature_fn = jax.jit(lambda p, b: model.apply(
-      {"params": p}, steps.model_inputs(b), train=False)[1]["feature"])
+  feature_fn = feature_fn or make_feature_fn(model)
   sharding = partitioning.batch_sharding(mesh)
   it, info = data.make_eval_iterator(data_cfg, source)
   sums, counts = None, np.zeros(info.num_videos, np.int64)
@@ -208,6 +219,70 @@ def _comparable(q_src: data.Source, g_src: data.Source, q_labels, g_labels):
   return q_labels, g_labels
 
 
+def retrieve(model, params, mesh, query: tuple, gallery: tuple, ks: Sequence[int] = DEFAULT_KS,
+             feature_fn=None) -> tuple[dict, dict]:
+  """R@k of the gallery for the query set, each `(source, data config, split)` from
+  `open_records`; `params` all of them (trainable and frozen merged). Returns (result, details
+  for `write_results`)."""
+  (q_src, q_cfg, q_split), (g_src, g_cfg, g_split) = query, gallery
+  feature_fn = feature_fn or make_feature_fn(model)
+  qf, ql, qid = extract_features(model, params, mesh, q_src, q_cfg, feature_fn)
+  same = (os.path.abspath(q_cfg.builder_dir) == os.path.abspath(g_cfg.builder_dir)
+          and q_split == g_split)
+  if same:
+    gf, gl, gid = qf, ql, qid
+  else:
+    gf, gl, gid = extract_features(model, params, mesh, g_src, g_cfg, feature_fn)
+  ql_c, gl_c = _comparable(q_src, g_src, ql, gl)
+  sim = cosine_similarity(qf, gf)
+  order = rank_gallery(sim, exclude_self=same)
+  candidates = len(gid) - 1 if same else len(gid)
+  result = {**recall_at_k(order, ql_c, gl_c, ks, candidates),
+            "num_queries": len(qid), "num_gallery": len(gid), "exclude_self": same,
+            "query": f"{q_cfg.builder_dir}:{q_split}",
+            "gallery": f"{g_cfg.builder_dir}:{g_split}"}
+  details = dict(sim=sim, order=order, qid=qid, gid=gid, ql=ql_c, gl=gl_c,
+                 candidates=candidates)
+  return result, details
+
+
+def write_results(out, result: dict, details: dict, neighbours: int = 10) -> None:
+  """<out>/retrieval.json and <out>/neighbours.csv (the first `neighbours` per query)."""
+  out = paths.as_path(out)  # may be a bucket
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "retrieval.json").write_text(json.dumps(result, indent=2))
+  d = details
+  with (out / "neighbours.csv").open("wb") as raw, io.TextIOWrapper(
+      raw, encoding="utf-8", newline="") as f:  # epath opens bytes; csv wants newline=""
+    w = csv.writer(f)
+    w.writerow(["query", "query_label", "rank", "neighbour", "neighbour_label", "similarity",
+                "same_class"])
+    for i in range(len(d["qid"])):
+      for r, j in enumerate(d["order"][i, :min(neighbours, d["candidates"])]):
+        w.writerow([d["qid"][i], d["ql"][i], r + 1, d["gid"][j], d["gl"][j],
+                    f"{d['sim'][i, j]:.6f}", int(d["ql"][i] == d["gl"][j])])
+
+
+def make_evaluator(config: ml_collections.ConfigDict, model, mesh):
+  """The training loop's retrieval evaluator (pgvt_jax/tasks.py): (trainable, frozen, *,
+  save_dir) -> {"eval/retrieval_R@k": ...} for config.eval_retrieval's query and gallery
+  record sets ("DIR[:SPLIT]", read with the run's data config; opened once). With save_dir
+  (the run's last evaluation) it also writes save_dir/retrieval/."""
+  spec = config.eval_retrieval
+  sets = [open_records(spec.query, config.data), open_records(spec.gallery, config.data)]
+  ks = tuple(spec.get("ks", DEFAULT_KS))
+  feature_fn = make_feature_fn(model, mesh)
+
+  def evaluate(trainable, frozen, *, save_dir=None) -> dict:
+    params = common.merge_params(trainable, frozen)
+    result, details = retrieve(model, params, mesh, *sets, ks=ks, feature_fn=feature_fn)
+    if save_dir is not None and jax.process_index() == 0:
+      write_results(paths.as_path(save_dir) / "retrieval", result, details)
+    return {f"eval/retrieval_R@{k}": result[f"R@{k}"] for k in ks}
+
+  return evaluate
+
+
 def run(workdir: str, query: str, gallery: str, *, config: ml_collections.ConfigDict | None
         = None, ks: Sequence[int] = DEFAULT_KS, out_dir: str | None = None,
         batch_size: int = 0, clips: int = 0, crops: int = 0, neighbours: int = 10) -> dict:
@@ -223,35 +298,11 @@ def run(workdir: str, query: str, gallery: str, *, config: ml_collections.Config
   if crops:
     d.eval_crops = crops
   model, params, mesh = restore_params(config, workdir)
-  q_src, q_cfg, q_split = open_records(query, d)
-  g_src, g_cfg, g_split = open_records(gallery, d)
-  qf, ql, qid = extract_features(model, params, mesh, q_src, q_cfg)
-  same = (os.path.abspath(q_cfg.builder_dir) == os.path.abspath(g_cfg.builder_dir)
-          and q_split == g_split)
-  if same:
-    gf, gl, gid = qf, ql, qid
-  else:
-    gf, gl, gid = extract_features(model, params, mesh, g_src, g_cfg)
-  ql_c, gl_c = _comparable(q_src, g_src, ql, gl)
-  sim = cosine_similarity(qf, gf)
-  order = rank_gallery(sim, exclude_self=same)
-  candidates = len(gid) - 1 if same else len(gid)
-  result = {**recall_at_k(order, ql_c, gl_c, ks, candidates),
-            "num_queries": len(qid), "num_gallery": len(gid), "exclude_self": same,
-            "query": f"{q_cfg.builder_dir}:{q_split}",
-            "gallery": f"{g_cfg.builder_dir}:{g_split}", "workdir": str(workdir)}
-  out = paths.as_path(out_dir) if out_dir else workdir / "retrieval"  # may be a bucket
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "retrieval.json").write_text(json.dumps(result, indent=2))
-  with (out / "neighbours.csv").open("wb") as raw, io.TextIOWrapper(
-      raw, encoding="utf-8", newline="") as f:  # epath opens bytes; csv wants newline=""
-    w = csv.writer(f)
-    w.writerow(["query", "query_label", "rank", "neighbour", "neighbour_label", "similarity",
-                "same_class"])
-    for i in range(len(qid)):
-      for r, j in enumerate(order[i, :min(neighbours, candidates)]):
-        w.writerow([qid[i], ql_c[i], r + 1, gid[j], gl_c[j], f"{sim[i, j]:.6f}",
-                    int(ql_c[i] == gl_c[j])])
+  result, details = retrieve(model, params, mesh, open_records(query, d),
+                             open_records(gallery, d), ks)
+  result["workdir"] = str(workdir)
+  write_results(paths.as_path(out_dir) if out_dir else workdir / "retrieval", result, details,
+                neighbours)
   logging.info("Retrieval: %s", result)
   return result
 

@@ -97,13 +97,8 @@ def accumulate_gradients(grad_fn: Callable, params: Any, batch: Mapping[str, jax
 def make_train_step(model, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                     schedule: optax.Schedule,
                     batch_sharding: Optional[NamedSharding] = None) -> Callable:
-  """(state, frozen, batch) -> (state, metrics). Gradients w.r.t. the trainable subtree only.
-
-  `config.optim.micro_batches` = k > 1 splits each global batch into k micro-batches whose
-  gradients are averaged before the one update (`accumulate_gradients`); an unresolved
-  "auto" is an error here (`pgvt_jax.fitting` decides it for the devices).
-  """
-  micro_batches = micro_batches_of(config)
+  """Classification's (state, frozen, batch) -> (state, metrics): `losses.total_loss` (cross
+  entropy + weighted aux losses) through `make_loss_step`."""
   num_classes = config.model.num_classes
   smoothing = config.optim.label_smoothing
   aux = dict(config.get("aux_losses", {}) or {})
@@ -113,6 +108,23 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
     logits, out = model.apply({"params": params}, model_inputs(batch), train=True, rngs=rngs)
     return losses.total_loss({"logits": logits, **out}, batch, num_classes=num_classes,
                              label_smoothing=smoothing, aux_weights=aux)
+
+  return make_loss_step(loss_fn, tx, config, schedule, batch_sharding)
+
+
+def make_loss_step(loss_fn: Callable, tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   batch_sharding: Optional[NamedSharding] = None) -> Callable:
+  """Any task's (state, frozen, batch) -> (state, metrics) from its loss:
+  `loss_fn(trainable, frozen, batch, rngs) -> (scalar loss, {name: scalar})`.
+
+  Gradients w.r.t. the trainable subtree only. `config.optim.micro_batches` = k > 1 splits
+  each global batch into k micro-batches whose gradients are averaged before the one update
+  (`accumulate_gradients`; the loss must be a mean over equal-weight rows for the result to
+  equal one pass); an unresolved "auto" is an error here (`pgvt_jax.fitting` decides it for
+  the devices). Metrics: the loss's, plus loss, grad_norm and lr.
+  """
+  micro_batches = micro_batches_of(config)
 
   def train_step(state: TrainState, frozen: Any, batch: Mapping[str, jax.Array]):
     rngs = step_rngs(state["rng"], state["step"])

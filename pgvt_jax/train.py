@@ -1,9 +1,14 @@
-"""Training and evaluation loop. Reads top to bottom: mesh, input, model & optimizer, shard &
-transfer, steps, checkpoint, loop, evals.
+"""The one training and evaluation loop, for every task. Reads top to bottom: checks and lock,
+setup (the task's Experiment), resume or start, loop (prefetch, step, log, save, SIGTERM,
+evals), summary.
 
 `train_and_evaluate(config, workdir)` trains (resuming from the workdir's latest checkpoint if
 there is one), evaluates every `eval_every` steps and at the end, and returns the final eval
-metrics. `evaluate(config, workdir)` evaluates the best (else latest) checkpoint.
+metrics. `evaluate(config, workdir)` evaluates the best (else latest) checkpoint. What a task
+supplies (its state and train step, its batches, its evaluators, its best metric) is a
+`tasks.Experiment`, built by `setup_experiment` below (classification in experiment.py,
+multi-view alignment in alignment.py): the one place that reads `config.task`; the loop does
+not.
 
 Reliability (docs/reliability.md): the config is validated and the workdir locked before
 anything compiles; a resume names every changed config field; a non-finite state is never
@@ -26,10 +31,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from pgvt_jax import checkpointing, data, evaluation, metric_writer, paths
+from pgvt_jax import (alignment, checkpointing, data, experiment, metric_writer, paths,
+                      retrieval, tasks)
 from pgvt_jax import workdir as workdir_lib
-from pgvt_jax.experiment import Experiment, setup_experiment
 from pgvt_jax.models import factory
+from pgvt_jax.tasks import Experiment
 
 _PREEMPTED = False
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by the scheduler, resumable"
@@ -63,30 +69,17 @@ def _any_host(flag: bool, step: int, cfg: ml_collections.ConfigDict, last: bool)
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-def run_eval(exp: Experiment, params, frozen, *, tag: str = "eval",
-             save_dir: epath.Path | None = None, source=None) -> dict:
-  """One pass over the eval split (or `source`): views combined per video
-  (config.eval_combine: mean or max), then top-1/5 and class accuracy."""
-  cfg = exp.config
-  source = exp.eval_source if source is None else source
-  it, info = data.make_eval_iterator(cfg.data, source)
-  acc = evaluation.ViewAccumulator(info.num_videos, cfg.model.num_classes,
-                                   combine=cfg.get("eval_combine", "mean"))
-  for host_batch in it:
-    batch = data.to_global(dict(host_batch), exp.batch_sharding)
-    probs, label, vid, valid = jax.device_get(exp.eval_step(params, frozen, batch))
-    acc.add(probs, label, vid, valid)
-  result = acc.result(expected_views=info.num_views)
-  metrics = {f"{tag}/top1": result["top1"], f"{tag}/top5": result["top5"],
-             f"{tag}/mean_class_accuracy": result["mean_class_accuracy"]}
-  if save_dir is not None and jax.process_index() == 0:
-    evaluation.save_confusion(result["confusion_matrix"], save_dir / f"{tag}_confusion",
-                              source.class_names)
-    names = source.class_names or [str(i) for i in range(cfg.model.num_classes)]
-    per_class = {n: (None if np.isnan(a) else float(a))
-                 for n, a in zip(names, result["per_class_accuracy"])}
-    exp.writer.write_json(f"{tag}_per_class_accuracy.json", per_class)
-  return metrics
+def setup_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                     train: bool) -> Experiment:
+  """The config's task builds its Experiment (pgvt_jax/tasks.py); the config is not modified.
+  A classification run with config.eval_retrieval.query set is also scored by R@k retrieval
+  (an evaluator like its accuracy)."""
+  if tasks.task_name(config) == "alignment":
+    return alignment.setup_experiment(config, workdir, train=train)
+  exp = experiment.setup_experiment(config, workdir, train=train)
+  if config.get("eval_retrieval") and config.eval_retrieval.query:
+    exp.evaluators["retrieval"] = retrieval.make_evaluator(exp.config, exp.model, exp.mesh)
+  return exp
 
 
 def _diverged(what: str, ckpt: checkpointing.Checkpointer) -> FloatingPointError:
@@ -143,6 +136,8 @@ def _resume_data_position(ckpt: checkpointing.Checkpointer, train_iter, meta: di
   saved = meta.get("data_position") or {}
   pos = int(saved.get("global_batches", step))
   data.seek(train_iter, pos)
+  if isinstance(train_iter, tasks.StepBatches):  # no state is saved for it: the step is all
+    return
   logging.warning("Data position: global batch %d (saved by %s process(es), resumed on %d): "
                   "the batches that follow are those an uninterrupted run reads next.", pos,
                   saved.get("process_count", "?"), jax.process_count())
@@ -156,9 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        run_evals: bool = True) -> dict:
   """Trains to config.total_steps (or num_epochs); evaluates along the way unless run_evals=False."""
   workdir = paths.as_path(workdir)  # absolute for the whole run; gs:// kept whole
-  if config.get("task", "classification") == "alignment":  # multi-view video alignment
-    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
-    return alignment.train_and_evaluate(config, workdir, run_evals=run_evals)
+  tasks.task_name(config)  # an unknown task is refused before anything is written
   workdir_lib.validate_config(config, train=True)
   lock = workdir_lib.WorkdirLock(workdir, "train").acquire() if jax.process_index() == 0 else None
   try:
@@ -181,10 +174,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
 
   # ---------------------------------------------------------------- resume or start
   state, train_iter = exp.state, exp.train_iter
+  # A grain iterator's state goes into every checkpoint; StepBatches' position is the step.
+  saved_iter = None if isinstance(train_iter, tasks.StepBatches) else train_iter
   restore_step = cfg.get("restore_step", 0) or None
   ckpt.check_not_emptied()  # quarantined steps only: stop, never silently restart at 0
+  meta: dict = {}
   if ckpt.latest_step() is not None:
-    restored, meta = ckpt.restore(checkpointing.abstract_like(state), train_iter,
+    restored, meta = ckpt.restore(checkpointing.abstract_like(state), saved_iter,
                                   step=restore_step)
     exp.check_backbone(meta)
     state = restored
@@ -209,12 +205,21 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
   total = exp.total_steps
   if start >= total:
     logging.info("Already trained %d/%d steps; evaluating.", start, total)
+  # The task's reference figures, measured before training (alignment: chance, untrained
+  # network) and carried in the checkpoints' meta to the summary of a resumed run.
+  refs: dict = dict(meta.get("references") or {})
+  if run_evals and start == 0 and exp.references is not None:
+    refs = exp.references(state["params"], exp.frozen)
+    writer.write(0, refs)
+  if refs:
+    exp.meta["references"] = refs
 
   # ---------------------------------------------------------------- loop
   # Reads and stages the next batches on device while the step runs; checkpoints save the
   # iterator position of the batches consumed, not of those staged ahead (data/prefetch.py).
   batches = data.DevicePrefetcher(train_iter, exp.batch_sharding,
-                                  depth=cfg.data.get("device_prefetch", 0), limit=total - start)
+                                  depth=cfg.data.get("device_prefetch", 0), limit=total - start,
+                                  put=exp.put_batch)
   previous = signal.signal(signal.SIGTERM, _on_sigterm)
   pending: list = []
   last_metrics: dict = {}
@@ -244,19 +249,19 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
           raise _diverged(f"the parameters/optimizer state became non-finite at step {step} "
                           "(the loss before the update was finite)", ckpt)
         consumed = batches.consumed_state()
-        ckpt.save(step, state, consumed, _with_position(exp, consumed), force=True)
+        ckpt.save(step, state, consumed if saved_iter is not None else None,
+                  _with_position(exp, consumed), force=True)
       if preempted:
         logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
         ckpt.wait()
         return {"preempted_at_step": step}
       if run_evals and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-        last_metrics = run_eval(exp, state["params"], exp.frozen,
-                                save_dir=workdir if last else None)
+        last_metrics = exp.evaluate(state["params"], save_dir=workdir if last else None)
         writer.write(step, last_metrics)
         ckpt.save_best(step, state, exp.meta, last_metrics)
         logging.info("step %d: %s", step, {k: round(v, 4) for k, v in last_metrics.items()})
     if run_evals and not last_metrics:  # resumed after the end: evaluate the checkpoint
-      last_metrics = run_eval(exp, state["params"], exp.frozen, save_dir=workdir)
+      last_metrics = exp.evaluate(state["params"], save_dir=workdir)
   finally:
     batches.close()
     bar.close()
@@ -266,64 +271,71 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: epath.Path,
   if jax.process_index() == 0:
     curves = metric_writer.plot_curves(workdir)
     logging.info("Wrote %s", curves)
-  summary = {"step": step, **last_metrics}   # the FINAL checkpoint's figures
+  summary = {"step": step, **refs, **last_metrics}   # the FINAL checkpoint's figures
   if run_evals:
-    summary.update(_best_and_test(exp, state, step))
+    summary.update(_best_and_final(exp, state, step))
   writer.write_json("final_metrics.json", summary)
   writer.close()
+  if exp.result_with_step:
+    return {"step": step, **refs, **last_metrics}
   return last_metrics
 
 
-def best_eval(workdir: str | os.PathLike, metric: str) -> dict | None:
-  """{"step": s, metric: v, ...} of the best eval in metrics.jsonl (what best/ holds)."""
+def best_eval(workdir: str | os.PathLike, metric: str, mode: str = "max") -> dict | None:
+  """{"step": s, metric: v, ...} of the best eval in metrics.jsonl (what best/ holds);
+  mode "max": the highest `metric` (accuracy), "min": the lowest (an error)."""
   path = paths.as_path(workdir) / metric_writer.METRICS_FILE
   if not path.exists():
     return None
+  better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
   best = None
   for line in path.read_text().splitlines():
     rec = json.loads(line)
-    if rec.get(metric) is not None and (best is None or rec[metric] > best[metric]):
+    if rec.get(metric) is not None and (best is None or better(rec[metric], best[metric])):
       best = rec
   return best
 
 
-def _best_and_test(exp: Experiment, state, step: int) -> dict:
-  """The best/ checkpoint's eval figures, and both checkpoints on config.data.test_split.
+def _best_and_final(exp: Experiment, state, step: int) -> dict:
+  """The best/ checkpoint's eval figures, and the final evaluators on both checkpoints
+  (classification: config.data.test_split).
 
   `best/` is picked on the eval split: when that is the test split (Diving48 has no other),
   its figure is optimistic, so the final checkpoint's figures are the ones to report; with a
   validation split carved from train (config.data.train_split="train[:90%]",
   eval_split="train[90%:]") set test_split to measure both on held-out data.
   """
-  cfg, out = exp.config, {}
-  best = best_eval(exp.workdir, cfg.best_metric)
+  metric, mode = exp.checkpointer.best_metric, exp.checkpointer.best_mode
+  out = {}
+  best = best_eval(exp.workdir, metric, mode)
   if best is not None:
     out["best"] = {k: v for k, v in best.items() if k == "step" or k.startswith("eval/")}
-  test_split = cfg.data.get("test_split", "")
-  if not test_split:
+  if not exp.final_evaluators:
     return out
-  source = data.open_source(cfg.data, test_split)
-  out.update(run_eval(exp, state["params"], exp.frozen, tag="test", source=source,
-                      save_dir=exp.workdir))
+
+  def run_final(params, save_dir=None) -> dict:
+    metrics = {}
+    for fn in exp.final_evaluators.values():
+      metrics.update(fn(params, exp.frozen, save_dir=save_dir))
+    return metrics
+
+  out.update(run_final(state["params"], save_dir=exp.workdir))
   if best is not None and best["step"] != step:
-    ckpt = checkpointing.Checkpointer(exp.workdir, best_metric=cfg.best_metric,
+    ckpt = checkpointing.Checkpointer(exp.workdir, best_metric=metric, best_mode=mode,
                                       async_save=False)
     best_state, _, _ = ckpt.restore_best(checkpointing.abstract_like(state))
     ckpt.close()
     best_params = best_state["params"]
   else:
     best_params = state["params"]
-  out["best"] = {**out.get("best", {}),
-                 **run_eval(exp, best_params, exp.frozen, tag="test", source=source)}
+  out["best"] = {**out.get("best", {}), **run_final(best_params)}
   return out
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best checkpoint of `workdir` (else its latest)."""
   workdir = paths.as_path(workdir)  # absolute for the whole run; gs:// kept whole
-  if config.get("task", "classification") == "alignment":
-    from pgvt_jax import alignment  # pylint: disable=g-import-not-at-top
-    return alignment.evaluate(config, workdir)
+  tasks.task_name(config)
   workdir_lib.validate_config(config, train=False)
   if not checkpointing.has_checkpoint(workdir):  # before anything is created or written
     raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate (expected "
@@ -352,8 +364,8 @@ def _evaluate_locked(config: ml_collections.ConfigDict, workdir: epath.Path) -> 
   if jax.process_index() == 0:
     workdir_lib.record_config(workdir, exp.config, mode="evaluate", start_step=step,
                               changed=[])
-  metrics = run_eval(exp, state["params"], exp.frozen, save_dir=workdir)
+  metrics = exp.evaluate(state["params"], save_dir=workdir)
   exp.writer.write(step, metrics)
   exp.writer.write_json("eval_metrics.json", {"step": step, **metrics})
   exp.checkpointer.close()
-  return metrics
+  return {"step": step, **metrics} if exp.result_with_step else metrics

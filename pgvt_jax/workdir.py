@@ -51,7 +51,8 @@ FREE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"
                "async_checkpoints", "restore_step", "allow_config_changes", "best_metric",
                "mesh.", "data.num_threads", "data.prefetch", "data.device_prefetch",
                "data.eval_batch_size", "model.remat", "optim.micro_batches",
-               "data.builder_dir", "synthetic_data.data_dir")
+               "data.builder_dir", "synthetic_data.data_dir",
+               "alignment.eval_batch_size", "synthetic_world.data_dir", "eval_retrieval.")
 
 
 class ConfigError(ValueError):
@@ -70,12 +71,17 @@ def validate_config(config: ml_collections.ConfigDict, *, train: bool = True) ->
       raise ConfigError(f"config.{field}={_get(config, field)!r}: expected {expected}")
 
   d = config.data
-  need(d.eval_batch_size > 0, "data.eval_batch_size", "a positive batch size")
+  for field in ("data.eval_batch_size", "alignment.eval_batch_size"):  # the task's eval batch
+    if _has(config, field):
+      need(_get(config, field) > 0, field, "a positive batch size")
   if train:
     need(d.train_batch_size > 0, "data.train_batch_size", "a positive batch size")
-    need(config.total_steps >= 0, "total_steps", ">= 0 (0 = use num_epochs)")
-    need(config.total_steps > 0 or config.num_epochs > 0, "num_epochs",
-         "> 0 when total_steps is 0 (otherwise the run trains nothing)")
+    if "num_epochs" in config:
+      need(config.total_steps >= 0, "total_steps", ">= 0 (0 = use num_epochs)")
+      need(config.total_steps > 0 or config.num_epochs > 0, "num_epochs",
+           "> 0 when total_steps is 0 (otherwise the run trains nothing)")
+    else:  # a task counted in steps only (alignment)
+      need(config.total_steps > 0, "total_steps", "> 0 (otherwise the run trains nothing)")
     need(config.log_every > 0, "log_every", "> 0 (steps between metric logs)")
     need(config.checkpoint_every > 0, "checkpoint_every", "> 0 (steps between checkpoints)")
     need(config.eval_every >= 0, "eval_every", ">= 0 (0 = only at the end)")
@@ -92,6 +98,14 @@ def _get(config, dotted: str):
   for part in dotted.split("."):
     config = config[part]
   return config
+
+
+def _has(config, dotted: str) -> bool:
+  for part in dotted.split("."):
+    if part not in config:
+      return False
+    config = config[part]
+  return True
 
 
 # ----------------------------------------------------------------------------- lock

@@ -91,7 +91,7 @@ def test_episode_folders_to_records_to_episodes(tmp_path):
   small = alignment_data.load_episodes(b.data_dir, "test", image_size=16, num_joints=4)
   frames, kps = truth[("test", "ep0")]
   np.testing.assert_allclose(small[0].pose[0], kps[0] / 2, atol=1e-4)
-  with pytest.raises(ValueError, match="num_keypoints is 5"):
+  with pytest.raises(ValueError, match="joints_per_person is 5"):
     alignment_data.load_episodes(b.data_dir, "train", image_size=32, num_joints=5)
 
 

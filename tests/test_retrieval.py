@@ -3,6 +3,7 @@ tiny trained run."""
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -121,3 +122,38 @@ def test_padded_joints_give_the_same_pose_maps():
   b = pose_maps.pose_maps(jnp.asarray(padded["pose"]), jnp.asarray(padded["pose_mask"]),
                           image_size=32, patch_size=8)[0]
   np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.e2e  # a whole training run (20-40 s)
+def test_retrieval_is_an_evaluator_of_the_training_loop(tmp_path):
+  """config.eval_retrieval: every evaluation also reports R@k (eval/retrieval_R@k), the last
+  one writes RUN/retrieval/, and the figures are the CLI's on the finished run."""
+  from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import metric_writer, train  # pylint: disable=g-import-not-at-top
+  records = synthetic.build(str(tmp_path / "syn"), num_train=8, num_test=6, num_classes=3,
+                            num_frames=8, image_size=32, class_set="coarse")
+  config = demo.get_config("video_only")
+  config.synthetic_data.enabled = False
+  config.data.builder_dir = records
+  config.model.num_classes = 3
+  config.model.video_frames, config.model.pose_frames = 2, 2
+  config.data.train_batch_size = config.data.eval_batch_size = 4
+  config.total_steps, config.log_every, config.async_checkpoints = 2, 1, False
+  config.eval_every = 1
+  config.eval_retrieval.query, config.eval_retrieval.gallery = (f"{records}:test",
+                                                                f"{records}:train")
+  run = tmp_path / "run"
+  out = train.train_and_evaluate(config, str(run))
+  assert {"eval/top1", "eval/retrieval_R@1", "eval/retrieval_R@5",
+          "eval/retrieval_R@10"} <= set(out)
+  evals = [r for r in metric_writer.read_metrics(run) if "eval/retrieval_R@1" in r]
+  assert [r["step"] for r in evals] == [1, 2]
+  written = json.loads((run / "retrieval" / "retrieval.json").read_text())
+  # The CLI reads the best checkpoint, else the latest: without best/ it reads the final step.
+  final = tmp_path / "final"
+  shutil.copytree(run, final, ignore=shutil.ignore_patterns(".lock", "best"))
+  cli = retrieval.run(str(final), f"{records}:test", f"{records}:train",
+                      out_dir=str(tmp_path / "cli"))
+  for k in (1, 5, 10):
+    assert cli[f"R@{k}"] == written[f"R@{k}"] == out[f"eval/retrieval_R@{k}"]

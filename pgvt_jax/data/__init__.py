@@ -47,7 +47,7 @@ from pgvt_jax.data.pipeline import (EvalInfo, batch_spec, eval_dataset,
                                     train_dataset)
 from pgvt_jax.data.prefetch import DevicePrefetcher
 from pgvt_jax.data.processing import ClipProcessor, example_spec
-from pgvt_jax.data.sharding import batch_sharding, to_global
+from pgvt_jax.data.sharding import batch_sharding, to_global, whole_to_global
 from pgvt_jax.data.sources import RecordsNotFoundError, Source, open_source
 
 __all__ = [
@@ -55,5 +55,5 @@ __all__ = [
     "RecordsNotFoundError", "Source", "batch_sharding", "batch_spec", "eval_dataset",
     "example_spec", "get_config", "make_eval_iterator", "make_train_iterator", "normalize",
     "open_source",
-    "position", "seek", "to_global", "train_dataset", "validate",
+    "position", "seek", "to_global", "train_dataset", "validate", "whole_to_global",
 ]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
 
@@ -68,13 +68,17 @@ class DevicePrefetcher(Iterator[dict]):
     sharding: the step's batch sharding (NamedSharding sharding dimension 0, or a Mesh).
     depth: batches staged ahead; 0 = read and transfer in `next()` itself.
     limit: produce at most this many batches (the steps left), then stop reading.
+    put: host batch, sharding -> global arrays: `to_global` (each host its own rows) or
+      `whole_to_global` (every host holds the whole global batch).
   """
 
-  def __init__(self, iterator, sharding, *, depth: int = 2, limit: Optional[int] = None):
+  def __init__(self, iterator, sharding, *, depth: int = 2, limit: Optional[int] = None,
+               put: Callable[[dict, Any], dict] = sharding_lib.to_global):
     if depth < 0:
       raise ValueError(f"prefetch depth must be >= 0, got {depth}")
     self._it = iterator
     self._sharding = sharding
+    self._put_global = put
     self._depth = depth
     self._limit = limit
     self._consumed = IteratorState(iterator.get_state())
@@ -91,7 +95,7 @@ class DevicePrefetcher(Iterator[dict]):
   def _read(self) -> tuple[dict, dict]:
     host = next(self._it)
     state = self._it.get_state()
-    return sharding_lib.to_global(dict(host), self._sharding), state
+    return self._put_global(dict(host), self._sharding), state
 
   def _put(self, item) -> bool:
     while not self._stop.is_set():

@@ -37,3 +37,18 @@ def to_global(batch: dict[str, np.ndarray],
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
   return jax.tree.map(put, batch)
+
+
+def whole_to_global(batch: dict[str, np.ndarray],
+                    sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Numpy arrays that every host holds whole (batches drawn from (seed, step), eval chunks)
+  -> global jax.Arrays: each host copies in only the rows of its own devices.
+
+  `jax.device_put` would do the same on several hosts but first checks that every host passed
+  the same value, a blocking cross-host allgather of the whole batch on every call.
+  """
+  def put(x: Any) -> jax.Array:
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, batch)
