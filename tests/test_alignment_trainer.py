@@ -1,7 +1,7 @@
 """The alignment task gets what the one training loop (pgvt_jax/train.py) gives every task:
 the workdir lock, config checks before anything is built and on resume, SIGTERM -> checkpoint
 -> exact resume (with device prefetch), the best checkpoint by the lowest alignment error, and
-micro-batches "auto" fitted to the devices. In-process, tiny DeiT (width 32, depth 1)."""
+micro-batches "auto" fitted to the devices. In-process, tiny DeiT ("micro": width 32, depth 2)."""
 
 from __future__ import annotations
 
