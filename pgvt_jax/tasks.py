@@ -149,7 +149,7 @@ def build_steps(config: ml_collections.ConfigDict, mesh, *, train: bool, total_s
   plan = planner.Planner(config, planner.target("local", devices=list(mesh.devices.flat)),
                          mesh=mesh, keep_compiled=True, build=build, **kwargs)
   report = plan.fit()
-  choice = (report.remat, report.micro_batches)
+  choice, probes = (report.remat, report.micro_batches), report.probes or []
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     remats = list(fitting.AUTO_REMATS) + [report.remat]  # an explicit policy: the same everywhere
@@ -167,7 +167,7 @@ def build_steps(config: ml_collections.ConfigDict, mesh, *, train: bool, total_s
   fit = {"remat": choice[0], "micro_batches": choice[1],
          "per_device_bytes": report.total_bytes, "limit_bytes": report.limit_bytes,
          "tried": [f"remat={r} micro_batches={k}: {'fits' if ok else 'does not fit'}"
-                   for r, k, ok in (report.probes or [])]}
+                   for r, k, ok in probes]}  # this process's own probes
   logging.info("Fits: remat=%s, %d micro-batch(es) per step (%.2f of %.2f GiB per device; "
                "tried %s)", choice[0], choice[1], report.total_bytes / 2 ** 30,
                report.limit_bytes / 2 ** 30, "; ".join(fit["tried"]))

@@ -184,6 +184,32 @@ def test_planner_says_when_nothing_fits(demo_sizes):
   assert not plan["train"]["fits"]
 
 
+def test_process_zeros_choice_wins_when_processes_disagree(monkeypatch, caplog, tmp_path):
+  """Multi-host: every process fits, process 0's setting is taken (broadcast). Here this
+  process found one pass fits while "process 0" chose 2: the step is compiled for 2."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from pgvt_jax import partitioning, tasks  # pylint: disable=g-import-not-at-top
+  config = demo.get_config()
+  config.synthetic_data.data_dir = str(tmp_path / "never_built")
+  mesh = partitioning.make_mesh(config.mesh, devices=jax.devices()[:1])
+  sent = []
+
+  def broadcast(x):
+    sent.append(np.asarray(x).tolist())
+    return np.array([fitting.AUTO_REMATS.index("none"), 2])  # process 0: 2 passes
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
+  with caplog.at_level("WARNING"):
+    built, step, fit = tasks.build_steps(config, mesh, train=True, total_steps=4,
+                                         steps_per_epoch=2)
+  assert sent == [[fitting.AUTO_REMATS.index("none"), 1]]    # this process's own choice
+  assert (fit["remat"], fit["micro_batches"]) == ("none", 2)
+  assert fit["tried"] == ["remat=none micro_batches=1: fits"]
+  assert "taking process 0's" in caplog.text
+  assert built.config.optim.micro_batches == 2 and step is not None
+
+
 # ------------------------------------------------------------------------------- the trainer
 def _short_run(tmp_path, name, steps_, **over):
   c = demo.get_config()
