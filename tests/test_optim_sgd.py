@@ -35,13 +35,30 @@ def test_steps_schedule_with_warmup_and_bad_epochs():
     optim.make_schedule(_cfg(schedule="linear"), 150, 10)
 
 
-def test_sgd_matches_torch_sgd():
-  torch = pytest.importorskip("torch")
-  rng = np.random.default_rng(0)
+def _problem(seed: int):
+  """A (4, 3) kernel, a (3,) bias and 6 steps of random gradients."""
+  rng = np.random.default_rng(seed)
   w0 = rng.normal(size=(4, 3)).astype(np.float32)
   b0 = rng.normal(size=(3,)).astype(np.float32)
   grads = [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32))
            for _ in range(6)]
+  return w0, b0, grads
+
+
+def _torch_steps_match(torch, opt, lr_sched, grads, tw, tb, params):
+  """Runs the torch optimizer over `grads` and compares with the optax `params`."""
+  for gw, gb in grads:
+    tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+    opt.step()
+    lr_sched.step()
+  np.testing.assert_allclose(params["dense"]["kernel"], tw.detach().numpy(), rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(params["dense"]["bias"], tb.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_sgd_matches_torch_sgd():
+  torch = pytest.importorskip("torch")
+  w0, b0, grads = _problem(0)
   cfg = _cfg(lr_step_epochs=(2, 4))
   spe = 1
   sched = optim.make_schedule(cfg, 6, spe)
@@ -58,13 +75,7 @@ def test_sgd_matches_torch_sgd():
   opt = torch.optim.SGD([{"params": [tw], "weight_decay": 1e-4},
                          {"params": [tb], "weight_decay": 0.0}], lr=0.005, momentum=0.9)
   lr_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.1)
-  for gw, gb in grads:
-    tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
-    opt.step()
-    lr_sched.step()
-  np.testing.assert_allclose(params["dense"]["kernel"], tw.detach().numpy(), rtol=1e-5,
-                             atol=1e-7)
-  np.testing.assert_allclose(params["dense"]["bias"], tb.detach().numpy(), rtol=1e-5, atol=1e-7)
+  _torch_steps_match(torch, opt, lr_sched, grads, tw, tb, params)
 
 
 def test_unknown_optimizer_is_named():
@@ -96,11 +107,7 @@ def test_public_sgd_nesterov_decay_all_matches_torch():
   every tensor) (TimeSformer timesformer/models/optimizer.py, SOLVER.NESTEROV=True)."""
   torch = pytest.importorskip("torch")
   import optax  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(1)
-  w0 = rng.normal(size=(4, 3)).astype(np.float32)
-  b0 = rng.normal(size=(3,)).astype(np.float32)
-  grads = [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32))
-           for _ in range(6)]
+  w0, b0, grads = _problem(1)
   cfg = _cfg(lr_step_epochs=(2, 4), nesterov=True, decay_rule="all", weight_decay=0.05)
   tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 6, 1))
   params = {"dense": {"kernel": w0, "bias": b0}}
@@ -112,13 +119,7 @@ def test_public_sgd_nesterov_decay_all_matches_torch():
   opt = torch.optim.SGD([tw, tb], lr=0.005, momentum=0.9, weight_decay=0.05, dampening=0.0,
                         nesterov=True)
   lr_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.1)
-  for gw, gb in grads:
-    tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
-    opt.step()
-    lr_sched.step()
-  np.testing.assert_allclose(params["dense"]["kernel"], tw.detach().numpy(), rtol=1e-5,
-                             atol=1e-7)
-  np.testing.assert_allclose(params["dense"]["bias"], tb.detach().numpy(), rtol=1e-5, atol=1e-7)
+  _torch_steps_match(torch, opt, lr_sched, grads, tw, tb, params)
   # Plain momentum gives other weights: the comparison above can fail.
   plain = _cfg(lr_step_epochs=(2, 4), decay_rule="all", weight_decay=0.05)
   tx2 = optim.make_optimizer(plain, optim.make_schedule(plain, 6, 1))

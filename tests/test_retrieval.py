@@ -58,11 +58,11 @@ def test_records_spec():
   assert retrieval.parse_records("~/x/1.0.0") == ("~/x/1.0.0", None)
 
 
-@pytest.mark.e2e  # a whole training run (20-40 s)
-def test_end_to_end_on_synthetic_records(tmp_path):
+def _tiny_video_config(tmp_path):
+  """(config, records dir): the demo's video_only model on 8 + 6 tiny synthetic clips (3
+  classes, 2 frames)."""
   from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
   from configs import demo  # pylint: disable=g-import-not-at-top
-  from pgvt_jax import train  # pylint: disable=g-import-not-at-top
   records = synthetic.build(str(tmp_path / "syn"), num_train=8, num_test=6, num_classes=3,
                             num_frames=8, image_size=32, class_set="coarse")
   config = demo.get_config("video_only")
@@ -70,6 +70,13 @@ def test_end_to_end_on_synthetic_records(tmp_path):
   config.data.builder_dir = records
   config.model.num_classes = 3
   config.model.video_frames, config.model.pose_frames = 2, 2
+  return config, records
+
+
+@pytest.mark.e2e  # a whole training run (20-40 s)
+def test_end_to_end_on_synthetic_records(tmp_path):
+  from pgvt_jax import train  # pylint: disable=g-import-not-at-top
+  config, records = _tiny_video_config(tmp_path)
   config.model.paab_layers = (2,)  # PAAB reads keypoints at inference too
   config.data.train_batch_size = config.data.eval_batch_size = 4
   config.total_steps, config.log_every, config.async_checkpoints = 2, 1, False
@@ -128,16 +135,8 @@ def test_padded_joints_give_the_same_pose_maps():
 def test_retrieval_is_an_evaluator_of_the_training_loop(tmp_path):
   """config.eval_retrieval: every evaluation also reports R@k (eval/retrieval_R@k), the last
   one writes RUN/retrieval/, and the figures are the CLI's on the finished run."""
-  from data_prep.datasets import synthetic  # pylint: disable=g-import-not-at-top
-  from configs import demo  # pylint: disable=g-import-not-at-top
   from pgvt_jax import metric_writer, train  # pylint: disable=g-import-not-at-top
-  records = synthetic.build(str(tmp_path / "syn"), num_train=8, num_test=6, num_classes=3,
-                            num_frames=8, image_size=32, class_set="coarse")
-  config = demo.get_config("video_only")
-  config.synthetic_data.enabled = False
-  config.data.builder_dir = records
-  config.model.num_classes = 3
-  config.model.video_frames, config.model.pose_frames = 2, 2
+  config, records = _tiny_video_config(tmp_path)
   config.data.train_batch_size = config.data.eval_batch_size = 4
   config.total_steps, config.log_every, config.async_checkpoints = 2, 1, False
   config.eval_every = 1
