@@ -14,8 +14,13 @@ only the adapters, pose embedding, R-Adapter, ln_post and head train: the demo s
 whole pipeline (records -> grain -> sharded jit steps -> orbax checkpoints -> multi-view eval)
 and that the adapters learn, not transfer learning.
 
-Arguments: `configs/demo.py:pose_only` (or any variant of pgvt_jax.models.config) runs
-another variant on the same data; `--config.seed=N` changes the model init and data order
+Arguments, comma-separated, in any order: a variant of pgvt_jax.models.config
+(`configs/demo.py:pose_only`) runs it on the same data; a class set of `DATA`
+(`configs/demo.py:interaction`, `configs/demo.py:interaction,late_fusion`) trains on it instead.
+"interaction" is the PGVT vs late fusion set: 2 classes = the moving arm (keypoints only)
+reaches towards or away from a ball (frames only), an XOR, so each stream alone is at chance
+and a sum of single-stream scores (late fusion) at most 0.75 (docs/models.md "Demo:
+interacting modalities"). `--config.seed=N` changes the model init and data order
 (the clips themselves are fixed by synthetic_data.seed). Late fusion the paper's way (Table 4
 row 3, two stages): train pose_only and video_only, then fuse their final checkpoints and
 fine-tune (160 steps in the demo's table):
@@ -31,18 +36,33 @@ from pgvt_jax.experiment import trainer_config
 from pgvt_jax.models.config import model_config
 
 
+# The class sets (data_prep/synthetic.py) the demo trains on -> their number of classes.
+DATA = {"pose_video": 4, "interaction": 2}
+
+
+def _parse(arg: str | None) -> tuple[str, str]:
+  """(class set, variant) from "variant", "class_set" or both, comma-separated."""
+  words = [w for w in (arg or "").split(",") if w]
+  sets, variants = [w for w in words if w in DATA], [w for w in words if w not in DATA]
+  if len(sets) > 1 or len(variants) > 1:
+    raise ValueError(f"configs/demo.py:{arg}: at most one class set ({', '.join(DATA)}) and "
+                     "one variant")
+  return (sets or ["pose_video"])[0], (variants or ["pgvt"])[0]
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "pgvt"
+  class_set, variant = _parse(arg)
   c = trainer_config()
   c.seed = 0
 
   c.synthetic_data = ml_collections.ConfigDict(dict(
       enabled=True, data_dir="~/.cache/pgvt_jax/synthetic", num_train=384, num_test=96,
-      num_classes=4, class_set="pose_video", num_frames=16, image_size=32, seed=0))
+      num_classes=DATA[class_set], class_set=class_set, num_frames=16, image_size=32, seed=0))
 
   c.model = model_config(
       variant=variant, backbone="Ti/8", image_size=32, video_frames=4, pose_frames=8,
-      num_classes=4, joints_per_person=17, num_persons=1, drop_path=0.0, dropout=0.0)
+      num_classes=DATA[class_set], joints_per_person=17, num_persons=1, drop_path=0.0,
+      dropout=0.0)
 
   c.data.num_frames = c.model.get_ref("video_frames")    # T_l
   c.data.pose_frames = c.model.get_ref("pose_frames")    # T_h = 2 * T_l
@@ -52,6 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.crop_area = (1.0, 1.0)   # the generator already varies position, scale and lean
   c.data.crop_aspect = (1.0, 1.0)
   c.data.flip = False             # a flip turns one synthetic class into another
+  # The crop must not look at the keypoints (no person crop): in "interaction" the frames would
+  # then depend on which arm moves, and the video stream could read it.
+  c.data.person_crop = False
   c.data.eval_clips, c.data.eval_crops = 1, 1
   c.data.train_batch_size = 16
   c.data.eval_batch_size = 32

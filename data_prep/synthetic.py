@@ -24,6 +24,16 @@ pose-only model can at best tell the motion (top-1 <= 1/2 with two colours),
 a video-only model must read the motion from thin moving limbs; a model that
 uses both can reach 1.
 
+Class set "interaction" (PGVT vs late fusion) makes the label depend on how the two cues
+interact: one arm swings out to its side and back (left or right arm: keypoints only, the
+frames draw the figure without arms), a ball lies on the floor left or right of the person
+(frames only), and the 2 classes are "reach towards the ball" (the moving arm is on the
+ball's side) and "reach away". The label is the XOR of the two factors, so each stream alone
+is at chance (0.5) by construction, a sum of a pose-only and a video-only score (late fusion)
+is right on at most 3 of the 4 (arm, side) cells (0.75, `data_prep.fusion_bounds`), and a model
+that fuses the tokens can reach 1. `cells` lists the four (arm, side) cells; the records cycle
+through them, so every cell has the same share of each split.
+
 This module is the world (class definitions, rendering); the records are written by
 `data_prep.datasets.synthetic`:
 
@@ -52,6 +62,7 @@ _PAIRS = (("left_arm", "right_arm"), ("left_leg", "right_leg"),
           ("left_arm", "right_leg"), ("right_arm", "left_leg"),
           ("left_arm", "left_leg"), ("right_arm", "right_leg"))
 _COUNTS = ((1, 1), (2, 1), (1, 2), (2, 2))
+_ARM_DISTAL = {7, 8, 9, 10}  # elbows and wrists: the joints an arm's rotation moves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +78,37 @@ class Rotation:
     return f"{self.limb} {self.count}x{way}"
 
 
-CLASS_SETS = ("fine", "coarse", "pose_video")
+CLASS_SETS = ("fine", "coarse", "pose_video", "interaction")
 # "pose_video": the colour of the ball on the floor, the cue only the frames carry. Saturated and far
 # apart, on the muted backgrounds that class set uses.
 BALL_COLOURS = {"red": (225, 30, 30), "blue": (30, 70, 235)}
+# "interaction": the image side (+1: right, +x) of each arm (the person faces the camera, so
+# the left arm is on the image's right) and its motion: out towards that side over the head
+# (one turn), then back (one turn the other way). The two motions are mirror images.
+ARM_SIDES = {"left_arm": 1, "right_arm": -1}
+INTERACTION_MOTIONS = {arm: (Rotation(arm, side, 1), Rotation(arm, -side, 1))
+                       for arm, side in ARM_SIDES.items()}
+INTERACTION_CLASSES = ("reach towards the ball", "reach away from the ball")
+_SIDE_NAMES = {1: "right", -1: "left"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One kind of clip: what to render and its label. The records cycle through `cells`.
+
+  motion: the limb rotations (the keypoints depend on nothing else of the cell).
+  ball: RGB of the ball on the floor (None: no ball); ball_side: -1 / +1 its image side of
+  the person, None: random per clip. draw_arms: False leaves the arms out of the frames, so
+  the frames do not show which arm moves.
+  """
+  motion: tuple[Rotation, Rotation]
+  label: int
+  ball: tuple[int, int, int] | None = None
+  ball_side: int | None = None
+  draw_arms: bool = True
+
+  def render_kwargs(self) -> dict:
+    return dict(held_object=self.ball, ball_side=self.ball_side, draw_arms=self.draw_arms)
 
 
 def class_definitions(num_classes: int, class_set: str = "fine"
@@ -85,6 +123,8 @@ def class_definitions(num_classes: int, class_set: str = "fine"
   """
   if class_set not in CLASS_SETS:
     raise ValueError(f"class_set={class_set!r}, expected one of {CLASS_SETS}")
+  if class_set == "interaction":
+    raise ValueError("class_set 'interaction': a class is two motions (either arm), see cells()")
   if class_set == "pose_video":  # motion m = label // 2 (coarse order), ball = label % 2
     if num_classes % len(BALL_COLOURS):
       raise ValueError(f"num_classes={num_classes}: class_set 'pose_video' needs a multiple "
@@ -110,13 +150,67 @@ def class_definitions(num_classes: int, class_set: str = "fine"
 def held_objects(num_classes: int, class_set: str = "fine"
                  ) -> list[tuple[int, int, int] | None]:
   """Per class, the RGB colour of the ball beside the person (None: no ball)."""
+  if class_set == "interaction":
+    return [BALL_COLOURS["red"]] * _interaction_classes(num_classes)
   if class_set != "pose_video":
     return [None] * num_classes
   colours = list(BALL_COLOURS.values())
   return [colours[i % len(colours)] for i in range(num_classes)]
 
 
+def _interaction_classes(num_classes: int) -> int:
+  if num_classes != len(INTERACTION_CLASSES):
+    raise ValueError(f"num_classes={num_classes}: class_set 'interaction' has "
+                     f"{len(INTERACTION_CLASSES)} classes ({', '.join(INTERACTION_CLASSES)})")
+  return num_classes
+
+
+def cells(num_classes: int, class_set: str = "fine") -> list[Cell]:
+  """The kinds of clip the records cycle through (clip i is cells[i % len(cells)]).
+
+  One per class, class order, except "interaction": its 4 (arm, ball side) cells, label 0
+  ("towards") when the moving arm is on the ball's side, else 1: the XOR of arm and side.
+  """
+  if class_set == "interaction":
+    _interaction_classes(num_classes)
+    return [Cell(INTERACTION_MOTIONS[arm], label=int(ARM_SIDES[arm] != side),
+                 ball=BALL_COLOURS["red"], ball_side=side, draw_arms=False)
+            for arm in ARM_SIDES for side in (1, -1)]
+  return [Cell(d, label=k, ball=b) for k, (d, b) in enumerate(
+      zip(class_definitions(num_classes, class_set), held_objects(num_classes, class_set)))]
+
+
+def factor_table(num_classes: int, class_set: str = "fine"
+                 ) -> tuple[list[str], list[str], np.ndarray]:
+  """(pose factor names, video factor names, joint (P, V, C)) of a class set's records.
+
+  The pose factor is what the keypoints depend on (the motion); the video factor what the
+  frames depend on: the ball and its side when fixed by the cell, and the motion too when the
+  frames draw the moving limbs (so in "pose_video" the frames could in principle tell the
+  motion: the figure is only muted). Clip nuisances (position, timing, background, a random
+  ball side) are drawn independently of the cell and are not factors. For
+  `data_prep.fusion_bounds`.
+  """
+  cs = cells(num_classes, class_set)
+  pose = [" then ".join(map(str, c.motion)) for c in cs]
+  video = []
+  for c, motion in zip(cs, pose):
+    hidden = not c.draw_arms and all(r.limb.endswith("arm") for r in c.motion)
+    parts = [] if hidden else [motion]  # the frames draw the moving limbs
+    if c.ball is not None:
+      parts.append(next((n for n, rgb in BALL_COLOURS.items() if rgb == c.ball), str(c.ball))
+                   + " ball" + (f" on the {_SIDE_NAMES[c.ball_side]}" if c.ball_side else ""))
+    video.append(", ".join(parts) or "-")
+  pose_names, video_names = list(dict.fromkeys(pose)), list(dict.fromkeys(video))
+  joint = np.zeros((len(pose_names), len(video_names), num_classes))
+  for c, p, v in zip(cs, pose, video):
+    joint[pose_names.index(p), video_names.index(v), c.label] += 1 / len(cs)
+  return pose_names, video_names, joint
+
+
 def class_names(num_classes: int, class_set: str = "fine") -> list[str]:
+  if class_set == "interaction":
+    return list(INTERACTION_CLASSES[:_interaction_classes(num_classes)])
   names = [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes, class_set)]
   if class_set == "pose_video":
     balls = list(BALL_COLOURS)
@@ -208,12 +302,15 @@ def _background(size: int, rng: np.random.Generator, muted: bool = False) -> np.
 def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
                 num_frames: int = 32, size: int = 128, fps: float = 16.0,
                 pose_noise_px: float = 0.6, jitter_px: int = 4,
-                held_object: tuple[int, int, int] | None = None
+                held_object: tuple[int, int, int] | None = None,
+                ball_side: int | None = None, draw_arms: bool = True
                ) -> tuple[video_lib.DecodedVideo, np.ndarray]:
   """One clip: frames and the exact keypoints of the drawn figure.
 
   held_object: RGB of a ball lying still beside the person (on muted backgrounds); the
-  keypoints do not change.
+  keypoints do not change. ball_side: -1 / +1 puts it on the image's left / right of the
+  hips, None picks a side at random. draw_arms=False leaves elbows and wrists out of the
+  frames (the keypoints keep them), so the frames do not depend on the arms' motion.
 
   Returns:
     (video, keypoints (T, 17, 2) float32 in frame pixels).
@@ -236,8 +333,11 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
   if held_object is not None:  # beside the hips at foot level, left or right (frame 0 pose)
     hip = (pts[0, 11] + pts[0, 12]) / 2
     torso = np.linalg.norm(hip - (pts[0, 5] + pts[0, 6]) / 2)
-    ball = hip + torso * np.array([rng.choice((-1.0, 1.0)) * 1.3, 1.35])
+    side = rng.choice((-1.0, 1.0)) if ball_side is None else float(ball_side)
+    ball = hip + torso * np.array([side * 1.3, 1.35])
     ball_r = size / 11
+  bones = SK.bones if draw_arms else [
+      bone for bone in SK.bones if not set(bone) & _ARM_DISTAL]
   frames = np.empty((num_frames, size, size, 3), np.uint8)
   kps = np.empty((num_frames, 17, 2), np.float32)
   for i in range(num_frames):
@@ -245,9 +345,9 @@ def render_clip(label_def: tuple[Rotation, Rotation], seed: tuple[int, ...],
     img = Image.fromarray(bg[oy:oy + size, ox:ox + size])
     draw = ImageDraw.Draw(img)
     p = pts[i] - (ox, oy)
-    for a, b in SK.bones:
+    for a, b in bones:
       draw.line((*p[a], *p[b]), fill=outline, width=width + 2)
-    for a, b in SK.bones:
+    for a, b in bones:
       draw.line((*p[a], *p[b]), fill=color, width=width)
     nx, ny = p[0]
     draw.ellipse((nx - head_r, ny - head_r, nx + head_r, ny + head_r),

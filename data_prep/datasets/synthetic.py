@@ -62,19 +62,19 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
 
   def _read_dataset(self, manual_dir):
     cfg = self.builder_config
-    defs = synthetic.class_definitions(cfg.num_classes, cfg.class_set)
-    balls = synthetic.held_objects(cfg.num_classes, cfg.class_set)
+    # Clip i is cell i % len(cells): one cell per class except in "interaction" (2 each).
+    cells = synthetic.cells(cfg.num_classes, cfg.class_set)
     splits = {}
     for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
       items = []
       for i in range(n):
-        label = i % cfg.num_classes
+        cell = cells[i % len(cells)]
         seed = (cfg.seed, _SPLIT_SEEDS[split], i)
         clip = _Clip(functools.partial(
-            synthetic.render_clip, defs[label], seed, cfg.num_frames,
-            cfg.image_size, held_object=balls[label]), cfg.image_size)
+            synthetic.render_clip, cell.motion, seed, cfg.num_frames,
+            cfg.image_size, **cell.render_kwargs()), cfg.image_size)
         items.append(builder_lib.VideoItem(
-            f"{split}_{i:06d}", label, None, frames=clip.frames,
+            f"{split}_{i:06d}", cell.label, None, frames=clip.frames,
             pose=clip.pose))
       splits[split] = items
     return synthetic.class_names(cfg.num_classes, cfg.class_set), splits
