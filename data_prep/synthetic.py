@@ -31,7 +31,7 @@ frames draw the figure without arms), a ball lies on the floor left or right of 
 ball's side) and "reach away". The label is the XOR of the two factors, so each stream alone
 is at chance (0.5) by construction, a sum of a pose-only and a video-only score (late fusion)
 is right on at most 3 of the 4 (arm, side) cells (0.75, `data_prep.fusion_bounds`), and a model
-that fuses the tokens can reach 1. `cells` lists the four (arm, side) cells; the records cycle
+that fuses the tokens can in principle reach 1 (the demo's PGVT does not: docs/models.md). `cells` lists the four (arm, side) cells; the records cycle
 through them, so every cell has the same share of each split.
 
 This module is the world (class definitions, rendering); the records are written by
