@@ -31,8 +31,17 @@ frames draw the figure without arms), a ball lies on the floor left or right of 
 ball's side) and "reach away". The label is the XOR of the two factors, so each stream alone
 is at chance (0.5) by construction, a sum of a pose-only and a video-only score (late fusion)
 is right on at most 3 of the 4 (arm, side) cells (0.75, `data_prep.fusion_bounds`), and a model
-that fuses the tokens can in principle reach 1 (the demo's PGVT does not: docs/models.md). `cells` lists the four (arm, side) cells; the records cycle
-through them, so every cell has the same share of each split.
+that fuses the tokens can in principle reach 1 (the demo's PGVT does not: docs/models.md).
+
+Class set "reach" adds to those 4 cells 4 in which one factor alone decides the class: the arms
+stay still and the ball lies left or right (2 classes), or one arm swings and there is no ball
+(2 classes). These give each stream a reason to extract its factor (in the pure XOR neither
+factor alone is correlated with the label, so nothing drives either stream to represent it);
+towards / away still needs both. 6 classes, 8 cells: chance 0.25, each stream alone 0.375,
+late fusion at most 0.875 (3 of the 4 reaching cells), both factors 1.0.
+
+`cells` lists a set's cells; the records cycle through them, so every cell has the same share
+of each split.
 
 This module is the world (class definitions, rendering); the records are written by
 `data_prep.datasets.synthetic`:
@@ -74,11 +83,13 @@ class Rotation:
   count: int
 
   def __str__(self):
+    if not self.count:
+      return f"{self.limb} still"
     way = "ccw" if self.direction > 0 else "cw"
     return f"{self.limb} {self.count}x{way}"
 
 
-CLASS_SETS = ("fine", "coarse", "pose_video", "interaction")
+CLASS_SETS = ("fine", "coarse", "pose_video", "interaction", "reach")
 # "pose_video": the colour of the ball on the floor, the cue only the frames carry. Saturated and far
 # apart, on the muted backgrounds that class set uses.
 BALL_COLOURS = {"red": (225, 30, 30), "blue": (30, 70, 235)}
@@ -89,6 +100,12 @@ ARM_SIDES = {"left_arm": 1, "right_arm": -1}
 INTERACTION_MOTIONS = {arm: (Rotation(arm, side, 1), Rotation(arm, -side, 1))
                        for arm, side in ARM_SIDES.items()}
 INTERACTION_CLASSES = ("reach towards the ball", "reach away from the ball")
+# "reach": the XOR cells plus 4 single-factor cells (module docstring).
+ARMS_STILL = (Rotation("left_arm", 1, 0), Rotation("right_arm", 1, 0))
+REACH_CLASSES = INTERACTION_CLASSES + (
+    "arms still, ball on the left", "arms still, ball on the right",
+    "left arm swings, no ball", "right arm swings, no ball")
+_CELL_CLASSES = {"interaction": INTERACTION_CLASSES, "reach": REACH_CLASSES}
 _SIDE_NAMES = {1: "right", -1: "left"}
 
 
@@ -123,8 +140,8 @@ def class_definitions(num_classes: int, class_set: str = "fine"
   """
   if class_set not in CLASS_SETS:
     raise ValueError(f"class_set={class_set!r}, expected one of {CLASS_SETS}")
-  if class_set == "interaction":
-    raise ValueError("class_set 'interaction': a class is two motions (either arm), see cells()")
+  if class_set in _CELL_CLASSES:
+    raise ValueError(f"class_set {class_set!r}: a class is several motions, see cells()")
   if class_set == "pose_video":  # motion m = label // 2 (coarse order), ball = label % 2
     if num_classes % len(BALL_COLOURS):
       raise ValueError(f"num_classes={num_classes}: class_set 'pose_video' needs a multiple "
@@ -150,32 +167,42 @@ def class_definitions(num_classes: int, class_set: str = "fine"
 def held_objects(num_classes: int, class_set: str = "fine"
                  ) -> list[tuple[int, int, int] | None]:
   """Per class, the RGB colour of the ball beside the person (None: no ball)."""
-  if class_set == "interaction":
-    return [BALL_COLOURS["red"]] * _interaction_classes(num_classes)
+  if class_set in _CELL_CLASSES:
+    raise ValueError(f"class_set {class_set!r}: a class has several cells, see cells()")
   if class_set != "pose_video":
     return [None] * num_classes
   colours = list(BALL_COLOURS.values())
   return [colours[i % len(colours)] for i in range(num_classes)]
 
 
-def _interaction_classes(num_classes: int) -> int:
-  if num_classes != len(INTERACTION_CLASSES):
-    raise ValueError(f"num_classes={num_classes}: class_set 'interaction' has "
-                     f"{len(INTERACTION_CLASSES)} classes ({', '.join(INTERACTION_CLASSES)})")
-  return num_classes
+def _cell_classes(num_classes: int, class_set: str) -> tuple[str, ...]:
+  """The class names of "interaction" / "reach", after checking `num_classes` against them."""
+  names = _CELL_CLASSES[class_set]
+  if num_classes != len(names):
+    raise ValueError(f"num_classes={num_classes}: class_set {class_set!r} has "
+                     f"{len(names)} classes ({', '.join(names)})")
+  return names
 
 
 def cells(num_classes: int, class_set: str = "fine") -> list[Cell]:
   """The kinds of clip the records cycle through (clip i is cells[i % len(cells)]).
 
   One per class, class order, except "interaction": its 4 (arm, ball side) cells, label 0
-  ("towards") when the moving arm is on the ball's side, else 1: the XOR of arm and side.
+  ("towards") when the moving arm is on the ball's side, else 1: the XOR of arm and side;
+  and "reach": those 4, then arms still with the ball left (2) / right (3), then the left (4) /
+  right (5) arm swinging with no ball.
   """
-  if class_set == "interaction":
-    _interaction_classes(num_classes)
-    return [Cell(INTERACTION_MOTIONS[arm], label=int(ARM_SIDES[arm] != side),
-                 ball=BALL_COLOURS["red"], ball_side=side, draw_arms=False)
-            for arm in ARM_SIDES for side in (1, -1)]
+  if class_set in _CELL_CLASSES:
+    _cell_classes(num_classes, class_set)
+    red = BALL_COLOURS["red"]
+    out = [Cell(INTERACTION_MOTIONS[arm], label=int(ARM_SIDES[arm] != side), ball=red,
+                ball_side=side, draw_arms=False) for arm in ARM_SIDES for side in (1, -1)]
+    if class_set == "reach":
+      out += [Cell(ARMS_STILL, label=2 + (side > 0), ball=red, ball_side=side, draw_arms=False)
+              for side in (-1, 1)]
+      out += [Cell(INTERACTION_MOTIONS[arm], label=4 + k, ball=None, draw_arms=False)
+              for k, arm in enumerate(ARM_SIDES)]
+    return out
   return [Cell(d, label=k, ball=b) for k, (d, b) in enumerate(
       zip(class_definitions(num_classes, class_set), held_objects(num_classes, class_set)))]
 
@@ -209,8 +236,8 @@ def factor_table(num_classes: int, class_set: str = "fine"
 
 
 def class_names(num_classes: int, class_set: str = "fine") -> list[str]:
-  if class_set == "interaction":
-    return list(INTERACTION_CLASSES[:_interaction_classes(num_classes)])
+  if class_set in _CELL_CLASSES:
+    return list(_cell_classes(num_classes, class_set))
   names = [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes, class_set)]
   if class_set == "pose_video":
     balls = list(BALL_COLOURS)
