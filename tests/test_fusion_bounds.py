@@ -1,8 +1,9 @@
-"""The "interaction" class set (PGVT vs late fusion) and `data_prep.fusion_bounds`.
+"""The "interaction" and "reach" class sets (PGVT vs late fusion) and `data_prep.fusion_bounds`.
 
 Bounds: exact values on the XOR and the product table, the search's logits reach its value,
 random logits never beat it, and the LP tells realisable from unrealisable assignments.
-Class set: each stream sees its own factor only, pixel for pixel; its factor table is an XOR.
+Class sets: each stream sees its own factor only, pixel for pixel; "interaction"'s factor
+table is an XOR, "reach" an XOR plus single-factor classes (late fusion <= 0.875).
 """
 
 import collections
@@ -99,6 +100,46 @@ def test_interaction_cells_and_names():
   assert [c.label for c in synthetic.cells(4, "pose_video")] == [0, 1, 2, 3]
 
 
+def test_reach_cells_and_bounds():
+  cells = synthetic.cells(6, "reach")
+  assert cells[:4] == synthetic.cells(2, "interaction")       # the XOR cells, same labels
+  assert [c.label for c in cells] == [0, 1, 1, 0, 2, 3, 4, 5]
+  names = synthetic.class_names(6, "reach")
+  assert names[:2] == list(synthetic.INTERACTION_CLASSES) and len(set(names)) == 6
+  still = [c for c in cells if c.motion == synthetic.ARMS_STILL]
+  assert [(c.label, c.ball_side) for c in still] == [(2, -1), (3, 1)]
+  no_ball = [c for c in cells if c.ball is None]
+  assert [(c.label, c.motion[0].limb) for c in no_ball] == [(4, "left_arm"), (5, "right_arm")]
+  assert all(not c.draw_arms for c in cells)
+  pose, video, joint = synthetic.factor_table(6, "reach")
+  assert len(pose) == len(video) == 3 and pose[2] == "left_arm still then right_arm still"
+  assert video == ["red ball on the right", "red ball on the left", "-"]
+  assert fb.summary(joint) == pytest.approx(
+      dict(chance=0.25, pose_only=0.375, video_only=0.375, additive=0.875, bayes=1.0))
+  with pytest.raises(ValueError, match="'reach' has 6 classes"):
+    synthetic.cells(2, "reach")
+  with pytest.raises(ValueError, match="several"):
+    synthetic.held_objects(6, "reach")
+
+
+def test_reach_streams_depend_only_on_their_factor():
+  """Two cells with the same pose factor give the same keypoints, two with the same video
+  factor the same frames (same clip seed), and different factors differ: what
+  factor_table, and so the late-fusion bound, assumes."""
+  cells = synthetic.cells(6, "reach")
+  pose_names, video_names, _ = synthetic.factor_table(6, "reach")
+  clips = [synthetic.render_clip(c.motion, (3, 0, 7), num_frames=8, size=32, **c.render_kwargs())
+           for c in cells]
+  pose_of = [" then ".join(map(str, c.motion)) for c in cells]
+  video_of = [(c.ball, c.ball_side) for c in cells]
+  assert len(set(pose_of)) == len(pose_names) and len(set(video_of)) == len(video_names)
+  for (i, a), (j, b) in itertools.combinations(enumerate(clips), 2):
+    same_kp = np.array_equal(a[1], b[1])
+    same_frames = np.array_equal(a[0].frames, b[0].frames)
+    assert same_kp == (pose_of[i] == pose_of[j]), (i, j)
+    assert same_frames == (video_of[i] == video_of[j]), (i, j)
+
+
 def _red(frames):
   f = frames.astype(int)
   return (f[..., 0] - f[..., 2]) > 120  # the ball: the only saturated colour
@@ -171,6 +212,10 @@ def test_demo_arguments():
     assert (c.synthetic_data.class_set, c.model.variant) == ("interaction", variant)
     assert c.model.num_classes == c.synthetic_data.num_classes == 2
     assert not c.data.person_crop and not c.data.flip
+  reach = demo.get_config("reach,late_fusion")
+  assert (reach.synthetic_data.class_set, reach.model.variant) == ("reach", "late_fusion")
+  assert reach.model.num_classes == reach.synthetic_data.num_classes == 6
+  assert reach.num_epochs == 2 * default.num_epochs and reach.synthetic_data.num_test == 192
   with pytest.raises(ValueError, match="one variant"):
     demo.get_config("pose_only,video_only")
 
@@ -197,3 +242,19 @@ def test_pgvt_trains_on_the_interaction_set(tmp_path):
   assert len(losses) == 6 and np.all(np.isfinite(losses))
   assert 0.0 <= metrics["eval/top1"] <= 1.0 and metrics["eval/top5"] == 1.0  # 2 classes
   assert np.load(tmp_path / "run" / "eval_confusion.npy").shape == (2, 2)
+
+
+@pytest.mark.e2e  # builds 8-cell records and trains PGVT for 320 steps (~1-2 min on 2 cores)
+def test_pgvt_learns_the_reach_set(tmp_path):
+  """PGVT on "reach" at a third of the demo's budget: above chance (0.25) by a wide margin.
+
+  Loose on purpose (the full-budget table is in docs/models.md: ~0.9): 0.4 is 3 binomial
+  standard deviations above chance on 96 test clips.
+  """
+  from configs import demo
+  from pgvt_jax import train
+  config = demo.get_config("reach")
+  config.synthetic_data.update(data_dir=str(tmp_path / "data"), num_test=96)
+  config.update(total_steps=320, eval_every=0, checkpoint_every=320, async_checkpoints=False)
+  metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert metrics["eval/top1"] >= 0.4, metrics
