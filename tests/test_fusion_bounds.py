@@ -102,7 +102,11 @@ def test_interaction_cells_and_names():
 
 def test_reach_cells_and_bounds():
   cells = synthetic.cells(6, "reach")
-  assert cells[:4] == synthetic.cells(2, "interaction")       # the XOR cells, same labels
+  xor = synthetic.cells(2, "interaction")                     # the XOR cells, same labels,
+  assert [(c.motion, c.label, c.ball_side) for c in cells[:4]] == [
+      (c.motion, c.label, c.ball_side) for c in xor]
+  assert {(c.ball_radius, c.ball_offset) for c in cells[:6]} == {(1 / 7, 1.8)}  # a larger ball
+  assert {(c.ball_radius, c.ball_offset) for c in xor} == {(1 / 11, 1.3)}
   assert [c.label for c in cells] == [0, 1, 1, 0, 2, 3, 4, 5]
   names = synthetic.class_names(6, "reach")
   assert names[:2] == list(synthetic.INTERACTION_CLASSES) and len(set(names)) == 6
