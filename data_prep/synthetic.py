@@ -110,6 +110,9 @@ class Cell:
   def render_kwargs(self) -> dict:
     return dict(held_object=self.ball, ball_side=self.ball_side, draw_arms=self.draw_arms)
 
+  def render(self, seed: tuple[int, ...], num_frames: int = 32, size: int = 128):
+    return render_clip(self.motion, seed, num_frames, size, **self.render_kwargs())
+
 
 def class_definitions(num_classes: int, class_set: str = "fine"
                       ) -> list[tuple[Rotation, Rotation]]:
@@ -171,6 +174,9 @@ def cells(num_classes: int, class_set: str = "fine") -> list[Cell]:
   One per class, class order, except "interaction": its 4 (arm, ball side) cells, label 0
   ("towards") when the moving arm is on the ball's side, else 1: the XOR of arm and side.
   """
+  if class_set == "held_ball":  # the PAAB/PAAT demo's world: data_prep/clutter.py
+    from data_prep import clutter  # pylint: disable=g-import-not-at-top
+    return clutter.cells(num_classes)
   if class_set == "interaction":
     _interaction_classes(num_classes)
     return [Cell(INTERACTION_MOTIONS[arm], label=int(ARM_SIDES[arm] != side),
@@ -191,6 +197,9 @@ def factor_table(num_classes: int, class_set: str = "fine"
   ball side) are drawn independently of the cell and are not factors. For
   `data_prep.fusion_bounds`.
   """
+  if class_set == "held_ball":
+    raise ValueError("class_set 'held_ball' has no (pose, video) factor table: its ceilings are "
+                     "data_prep.clutter.ceilings")
   cs = cells(num_classes, class_set)
   pose = [" then ".join(map(str, c.motion)) for c in cs]
   video = []
@@ -209,6 +218,9 @@ def factor_table(num_classes: int, class_set: str = "fine"
 
 
 def class_names(num_classes: int, class_set: str = "fine") -> list[str]:
+  if class_set == "held_ball":
+    from data_prep import clutter  # pylint: disable=g-import-not-at-top
+    return clutter.class_names(num_classes)
   if class_set == "interaction":
     return list(INTERACTION_CLASSES[:_interaction_classes(num_classes)])
   names = [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes, class_set)]
