@@ -101,10 +101,34 @@ def _figure(rng: np.random.Generator, num_frames: int, size: int, centre_x: floa
   return _Figure(pts.astype(np.float32), colour, width, int(rng.choice(_WRISTS)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Draws:
+  """Everything random about a clip, drawn from its seed alone (never from the label)."""
+  person: _Figure
+  other: _Figure
+  other_label: int          # the other figure's ball colour, uniform over the K classes
+  background: np.ndarray    # (S + 2 pad, S + 2 pad, 3) uint8
+  offset: np.ndarray        # (T, 2) int (x, y) of each frame's crop window: camera jitter
+
+
+def draws(seed: tuple[int, ...], num_frames: int = 32, size: int = 128,
+          num_classes: int = len(COLOURS), pad: int = 4) -> Draws:
+  k = check_num_classes(num_classes)
+  rng = np.random.default_rng(seed)
+  person_half = int(rng.integers(2))
+  person = _figure(rng, num_frames, size, _CENTRES[person_half], pad)
+  other = _figure(rng, num_frames, size, _CENTRES[1 - person_half], pad)
+  other_label = int(rng.integers(k))
+  bg = synthetic._background(size + 2 * pad, rng, muted=True)  # pylint: disable=protected-access
+  steps = rng.normal(0.0, 0.8, (num_frames, 2))
+  offset = np.clip(np.cumsum(steps, 0) + pad, 0, 2 * pad).round().astype(int)
+  return Draws(person, other, other_label, bg, offset)
+
+
 def render_clip(label: int, seed: tuple[int, ...], num_frames: int = 32, size: int = 128,
                 num_classes: int = len(COLOURS)
                 ) -> tuple[video_lib.DecodedVideo, np.ndarray]:
-  """One clip of class `label` (the person's ball colour).
+  """One clip of class `label` (the person's ball colour): `draws(seed)` rendered.
 
   Returns:
     (video, keypoints (T, 17, 2) float32 in frame pixels: the person's only).
@@ -112,17 +136,10 @@ def render_clip(label: int, seed: tuple[int, ...], num_frames: int = 32, size: i
   k = check_num_classes(num_classes)
   if not 0 <= label < k:
     raise ValueError(f"label={label!r}: expected 0..{k - 1} (num_classes={k})")
-  rng = np.random.default_rng(seed)  # everything below is drawn apart from `label`
-  pad = 4
-  canvas = size + 2 * pad
-  person_half = int(rng.integers(2))
-  person = _figure(rng, num_frames, size, _CENTRES[person_half], pad)
-  other = _figure(rng, num_frames, size, _CENTRES[1 - person_half], pad)
+  d = draws(seed, num_frames, size, k)
+  person, other, bg, offset = d.person, d.other, d.background, d.offset
   palette = list(COLOURS.values())[:k]
-  balls = ((person, palette[label]), (other, palette[rng.integers(k)]))
-  bg = synthetic._background(canvas, rng, muted=True)  # pylint: disable=protected-access
-  steps = rng.normal(0.0, 0.8, (num_frames, 2))
-  offset = np.clip(np.cumsum(steps, 0) + pad, 0, 2 * pad).round().astype(int)
+  balls = ((person, palette[label]), (other, palette[d.other_label]))
   ball_r = size / 11
   frames = np.empty((num_frames, size, size, 3), np.uint8)
   for i in range(num_frames):
