@@ -89,7 +89,7 @@ class Rotation:
     return f"{self.limb} {self.count}x{way}"
 
 
-CLASS_SETS = ("fine", "coarse", "pose_video", "interaction", "reach")
+CLASS_SETS = ("fine", "coarse", "pose_video", "interaction", "reach", "held_ball")
 # "pose_video": the colour of the ball on the floor, the cue only the frames carry. Saturated and far
 # apart, on the muted backgrounds that class set uses.
 BALL_COLOURS = {"red": (225, 30, 30), "blue": (30, 70, 235)}
@@ -134,6 +134,9 @@ class Cell:
     return dict(held_object=self.ball, ball_side=self.ball_side, draw_arms=self.draw_arms,
                 ball_radius=self.ball_radius, ball_offset=self.ball_offset)
 
+  def render(self, seed: tuple[int, ...], num_frames: int = 32, size: int = 128):
+    return render_clip(self.motion, seed, num_frames, size, **self.render_kwargs())
+
 
 def class_definitions(num_classes: int, class_set: str = "fine"
                       ) -> list[tuple[Rotation, Rotation]]:
@@ -147,7 +150,7 @@ def class_definitions(num_classes: int, class_set: str = "fine"
   """
   if class_set not in CLASS_SETS:
     raise ValueError(f"class_set={class_set!r}, expected one of {CLASS_SETS}")
-  if class_set in _CELL_CLASSES:
+  if class_set in _CELL_CLASSES or class_set == "held_ball":
     raise ValueError(f"class_set {class_set!r}: a class is several motions, see cells()")
   if class_set == "pose_video":  # motion m = label // 2 (coarse order), ball = label % 2
     if num_classes % len(BALL_COLOURS):
@@ -199,6 +202,9 @@ def cells(num_classes: int, class_set: str = "fine") -> list[Cell]:
   and "reach": those 4, then arms still with the ball left (2) / right (3), then the left (4) /
   right (5) arm swinging with no ball.
   """
+  if class_set == "held_ball":  # the PAAB/PAAT demo's world: data_prep/clutter.py
+    from data_prep import clutter  # pylint: disable=g-import-not-at-top
+    return clutter.cells(num_classes)
   if class_set in _CELL_CLASSES:
     _cell_classes(num_classes, class_set)
     ball = dict(ball=BALL_COLOURS["red"], draw_arms=False,
@@ -225,6 +231,9 @@ def factor_table(num_classes: int, class_set: str = "fine"
   ball side) are drawn independently of the cell and are not factors. For
   `data_prep.fusion_bounds`.
   """
+  if class_set == "held_ball":
+    raise ValueError("class_set 'held_ball' has no (pose, video) factor table: its ceilings are "
+                     "data_prep.clutter.ceilings")
   cs = cells(num_classes, class_set)
   pose = [" then ".join(map(str, c.motion)) for c in cs]
   video = []
@@ -243,6 +252,9 @@ def factor_table(num_classes: int, class_set: str = "fine"
 
 
 def class_names(num_classes: int, class_set: str = "fine") -> list[str]:
+  if class_set == "held_ball":
+    from data_prep import clutter  # pylint: disable=g-import-not-at-top
+    return clutter.class_names(num_classes)
   if class_set in _CELL_CLASSES:
     return list(_cell_classes(num_classes, class_set))
   names = [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes, class_set)]

@@ -70,9 +70,8 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
       for i in range(n):
         cell = cells[i % len(cells)]
         seed = (cfg.seed, _SPLIT_SEEDS[split], i)
-        clip = _Clip(functools.partial(
-            synthetic.render_clip, cell.motion, seed, cfg.num_frames,
-            cfg.image_size, **cell.render_kwargs()), cfg.image_size)
+        clip = _Clip(functools.partial(cell.render, seed, cfg.num_frames, cfg.image_size),
+                     cfg.image_size)
         items.append(builder_lib.VideoItem(
             f"{split}_{i:06d}", cell.label, None, frames=clip.frames,
             pose=clip.pose))
