@@ -114,7 +114,7 @@ def main() -> None:
   rows = args.rows.split(",")
   if bad := sorted(set(rows) - set(ROWS)):
     parser.error(f"--rows: unknown {bad}, expected some of {list(ROWS)}")
-  late_steps = args.late_steps or {"reach": 320, "interaction": 160}[args.class_set]
+  late_steps = args.late_steps or {"reach": 480, "interaction": 160}[args.class_set]
   os.makedirs(os.path.join(out := args.out, "runs"), exist_ok=True)
   for seed in (int(s) for s in args.seeds.split(",")):
     for row in ROWS:  # late fusion after the two runs it starts from
