@@ -29,7 +29,7 @@ from data_prep import commands
 from data_prep import extractors
 from data_prep import process
 from data_prep import records
-from data_prep import synthetic
+from data_prep import worlds
 from data_prep.datasets import BUILDERS
 from data_prep.datasets import synthetic as synthetic_builder
 
@@ -129,7 +129,7 @@ def _parse(argv):
   p.add_argument("--num_frames", type=int, default=32)
   p.add_argument("--image_size", type=int, default=128)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--class_set", choices=synthetic.CLASS_SETS, default="fine",
+  p.add_argument("--class_set", choices=worlds.CLASS_SETS, default="fine",
                  help="synthetic: class enumeration (see data_prep/synthetic.py)")
   return p.parse_args(argv)
 

@@ -89,7 +89,7 @@ class Rotation:
     return f"{self.limb} {self.count}x{way}"
 
 
-CLASS_SETS = ("fine", "coarse", "pose_video", "interaction", "reach", "held_ball")
+CLASS_SETS = ("fine", "coarse", "pose_video", "interaction", "reach")  # + data_prep.worlds
 # "pose_video": the colour of the ball on the floor, the cue only the frames carry. Saturated and far
 # apart, on the muted backgrounds that class set uses.
 BALL_COLOURS = {"red": (225, 30, 30), "blue": (30, 70, 235)}
@@ -150,7 +150,7 @@ def class_definitions(num_classes: int, class_set: str = "fine"
   """
   if class_set not in CLASS_SETS:
     raise ValueError(f"class_set={class_set!r}, expected one of {CLASS_SETS}")
-  if class_set in _CELL_CLASSES or class_set == "held_ball":
+  if class_set in _CELL_CLASSES:
     raise ValueError(f"class_set {class_set!r}: a class is several motions, see cells()")
   if class_set == "pose_video":  # motion m = label // 2 (coarse order), ball = label % 2
     if num_classes % len(BALL_COLOURS):
@@ -202,9 +202,6 @@ def cells(num_classes: int, class_set: str = "fine") -> list[Cell]:
   and "reach": those 4, then arms still with the ball left (2) / right (3), then the left (4) /
   right (5) arm swinging with no ball.
   """
-  if class_set == "held_ball":  # the PAAB/PAAT demo's world: data_prep/clutter.py
-    from data_prep import clutter  # pylint: disable=g-import-not-at-top
-    return clutter.cells(num_classes)
   if class_set in _CELL_CLASSES:
     _cell_classes(num_classes, class_set)
     ball = dict(ball=BALL_COLOURS["red"], draw_arms=False,
@@ -252,9 +249,6 @@ def factor_table(num_classes: int, class_set: str = "fine"
 
 
 def class_names(num_classes: int, class_set: str = "fine") -> list[str]:
-  if class_set == "held_ball":
-    from data_prep import clutter  # pylint: disable=g-import-not-at-top
-    return clutter.class_names(num_classes)
   if class_set in _CELL_CLASSES:
     return list(_cell_classes(num_classes, class_set))
   names = [f"{r1} then {r2}" for r1, r2 in class_definitions(num_classes, class_set)]

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_prep import align, extractors, poses, skeletons, synthetic
+from data_prep import align, extractors, poses, skeletons, worlds
 from data_prep import video as video_lib
 from pgvt_jax import checkpointing, data, evaluation, paths, steps
 from pgvt_jax.models import common, factory
@@ -67,7 +67,7 @@ def class_names(config: ml_collections.ConfigDict, workdir: Path, meta: dict) ->
   names = meta.get("class_names")
   syn = config.get("synthetic_data")
   if not names and syn and syn.get("enabled", False):
-    names = synthetic.class_names(syn.num_classes, syn.get("class_set", "fine"))
+    names = worlds.class_names(syn.num_classes, syn.get("class_set", "fine"))
   if not names and (config.data.get("builder_dir") or config.data.get("name")):
     try:
       names = data.open_source(config.data, config.data.eval_split).class_names

@@ -16,6 +16,7 @@ import pytest
 from data_prep import clutter
 from data_prep import records
 from data_prep import synthetic
+from data_prep import worlds
 
 S, T, K = 32, 6, 4
 _PALETTE = np.array(list(clutter.COLOURS.values()), float)
@@ -125,10 +126,10 @@ def test_frames_only_ceiling_is_the_exchangeable_optimum(k):
   assert clutter.ceilings(4)["frames_only"] == pytest.approx(0.625)
 
 
-def test_class_set_hooks_of_synthetic():
-  assert synthetic.class_names(4, "held_ball") == [
+def test_class_set_hooks_of_worlds():
+  assert worlds.class_names(4, "held_ball") == [
       "holds a red ball", "holds a blue ball", "holds a green ball", "holds a yellow ball"]
-  cells = synthetic.cells(3, "held_ball")
+  cells = worlds.cells(3, "held_ball")
   assert [c.label for c in cells] == [0, 1, 2]
   video, kps = cells[1].render((0, 0, 1), T, S)
   ref, ref_kps = clutter.render_clip(1, (0, 0, 1), T, S, num_classes=3)

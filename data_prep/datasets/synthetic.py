@@ -1,4 +1,4 @@
-"""The built-in demo dataset (the world: `data_prep.synthetic`) as a TFDS builder.
+"""The built-in demo datasets (the worlds: `data_prep.worlds`) as a TFDS builder.
 
   path = build("/tmp/pgvt_data", num_train=256, num_test=64, num_classes=8)
   src = tfds.builder_from_directory(path).as_data_source("train")
@@ -13,7 +13,7 @@ import numpy as np
 
 from data_prep import builder as builder_lib
 from data_prep import poses as poses_lib
-from data_prep import synthetic
+from data_prep import worlds
 
 _SPLIT_SEEDS = {"train": 0, "test": 1}
 
@@ -63,7 +63,7 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
   def _read_dataset(self, manual_dir):
     cfg = self.builder_config
     # Clip i is cell i % len(cells): one cell per class except in "interaction" (2 each).
-    cells = synthetic.cells(cfg.num_classes, cfg.class_set)
+    cells = worlds.cells(cfg.num_classes, cfg.class_set)
     splits = {}
     for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
       items = []
@@ -76,7 +76,7 @@ class SyntheticPoseActions(builder_lib.VideoPoseBuilder):
             f"{split}_{i:06d}", cell.label, None, frames=clip.frames,
             pose=clip.pose))
       splits[split] = items
-    return synthetic.class_names(cfg.num_classes, cfg.class_set), splits
+    return worlds.class_names(cfg.num_classes, cfg.class_set), splits
 
 
 def build(data_dir: str, num_train: int = 256, num_test: int = 64,
