@@ -220,6 +220,7 @@ def test_demo_arguments():
   assert (reach.synthetic_data.class_set, reach.model.variant) == ("reach", "late_fusion")
   assert reach.model.num_classes == reach.synthetic_data.num_classes == 6
   assert reach.num_epochs == 3 * default.num_epochs and reach.synthetic_data.num_test == 192
+  assert reach.optim.lr == 2e-3
   with pytest.raises(ValueError, match="one variant"):
     demo.get_config("pose_only,video_only")
 
